@@ -1,0 +1,71 @@
+//! `joule validate FILE...`: is each workflow valid, and what does it compile to?
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use joule_planner::{CompileContext, Dag, SpecError};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Workflow files to check.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Print each file's compiled DAG (or its errors) as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &Args) -> miette::Result<ExitCode> {
+    let ctx = CompileContext::default();
+    let mut all_valid = true;
+    for path in &args.files {
+        let result = joule_planner::load(path, &ctx);
+        all_valid &= result.is_ok();
+        if args.json {
+            println!("{}", json(path, &result));
+        } else {
+            match &result {
+                Ok(dag) => println!("{}", summary(path, dag)),
+                Err(errors) => crate::diagnostics::print(errors),
+            }
+        }
+    }
+    if !args.json && !all_valid && args.files.len() > 1 {
+        eprintln!("some workflows are invalid");
+    }
+    Ok(if all_valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn summary(path: &std::path::Path, dag: &Dag) -> String {
+    let edges = dag.graph.edge_count();
+    format!(
+        "ok {}: `{}`, {} steps, {} edges, critical path {} steps, up to {} in parallel",
+        path.display(),
+        dag.workflow.name,
+        dag.workflow.steps.len(),
+        edges,
+        dag.critical_path.len(),
+        dag.max_width,
+    )
+}
+
+fn json(path: &std::path::Path, result: &Result<Dag, Vec<SpecError>>) -> serde_json::Value {
+    let file = path.display().to_string();
+    match result {
+        Ok(dag) => {
+            let mut v = dag.to_json();
+            v["file"] = file.into();
+            v["valid"] = true.into();
+            v
+        }
+        Err(errors) => serde_json::json!({
+            "file": file,
+            "valid": false,
+            "errors": errors.iter().map(SpecError::to_json).collect::<Vec<_>>(),
+        }),
+    }
+}
