@@ -41,16 +41,19 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
 }
 
 fn summary(path: &std::path::Path, dag: &Dag) -> String {
-    let edges = dag.graph.edge_count();
     format!(
-        "ok {}: `{}`, {} steps, {} edges, critical path {} steps, up to {} in parallel",
+        "ok {}: `{}`, {}, {}, critical path {}, up to {} in parallel",
         path.display(),
         dag.workflow.name,
-        dag.workflow.steps.len(),
-        edges,
-        dag.critical_path.len(),
+        count(dag.workflow.steps.len(), "step"),
+        count(dag.graph.edge_count(), "edge"),
+        count(dag.critical_path.len(), "step"),
         dag.max_width,
     )
+}
+
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 fn json(path: &std::path::Path, result: &Result<Dag, Vec<SpecError>>) -> serde_json::Value {

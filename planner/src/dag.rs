@@ -6,8 +6,8 @@
 //! the planner and `joule validate --json` report (topological order, critical path, width)
 //! are computed once.
 
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
@@ -201,7 +201,8 @@ fn topological_order(graph: &DiGraph<usize, EdgeKind>) -> Vec<usize> {
     for e in graph.raw_edges() {
         indegree[e.target().index()] += 1;
     }
-    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| indegree[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| indegree[i] == 0).map(Reverse).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);
@@ -224,7 +225,9 @@ fn shape(graph: &DiGraph<usize, EdgeKind>, order: &[usize]) -> (Vec<usize>, Vec<
     for &i in order {
         for next in graph.neighbors(NodeIndex::new(i)) {
             let j = next.index();
-            if level[i] + 1 > level[j] || (level[i] + 1 == level[j] && parent[j].is_some_and(|p| i < p)) {
+            if level[i] + 1 > level[j]
+                || (level[i] + 1 == level[j] && parent[j].is_some_and(|p| i < p))
+            {
                 level[j] = level[i] + 1;
                 parent[j] = Some(i);
             }
@@ -247,7 +250,11 @@ fn shape(graph: &DiGraph<usize, EdgeKind>, order: &[usize]) -> (Vec<usize>, Vec<
 }
 
 /// Names the steps on one cycle, in dependency order, pointing at the first of them.
-fn cycle_error(workflow: &Workflow, graph: &DiGraph<usize, EdgeKind>, order: &[usize]) -> SpecError {
+fn cycle_error(
+    workflow: &Workflow,
+    graph: &DiGraph<usize, EdgeKind>,
+    order: &[usize],
+) -> SpecError {
     let mut done = vec![false; graph.node_count()];
     for &i in order {
         done[i] = true;
@@ -276,9 +283,16 @@ fn cycle_error(workflow: &Workflow, graph: &DiGraph<usize, EdgeKind>, order: &[u
     // `walk` runs against the edges; reverse it to read in dependency order, then rotate so
     // the step written first leads.
     walk.reverse();
-    let first = walk.iter().enumerate().min_by_key(|(_, s)| **s).map_or(0, |(k, _)| k);
+    let first = walk
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, s)| **s)
+        .map_or(0, |(k, _)| k);
     walk.rotate_left(first);
-    let names: Vec<&str> = walk.iter().map(|&i| workflow.steps[i].id.as_str()).collect();
+    let names: Vec<&str> = walk
+        .iter()
+        .map(|&i| workflow.steps[i].id.as_str())
+        .collect();
     let step = &workflow.steps[walk[0]];
     let message = if names.len() == 1 {
         format!("step `{}` depends on itself", names[0])
@@ -306,7 +320,9 @@ struct Compiler<'a> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Site {
     /// A step's prompt, args or value; `item` is allowed when the step has `for_each`.
-    Body { has_item: bool },
+    Body {
+        has_item: bool,
+    },
     When,
     ForEach,
     Output,
@@ -370,7 +386,10 @@ impl Compiler<'_> {
                         need.pos.offset,
                         need.name.len(),
                         ErrorCode::UnknownReference,
-                        format!("step `{}` needs `{}`, which is not a step", step.id, need.name),
+                        format!(
+                            "step `{}` needs `{}`, which is not a step",
+                            step.id, need.name
+                        ),
                         help,
                     );
                 }
@@ -380,7 +399,13 @@ impl Compiler<'_> {
 
     fn outputs(&mut self) {
         for o in &self.workflow.outputs {
-            self.template(None, &o.template.source, o.template.pos, Site::Output, false);
+            self.template(
+                None,
+                &o.template.source,
+                o.template.pos,
+                Site::Output,
+                false,
+            );
         }
     }
 
@@ -390,7 +415,14 @@ impl Compiler<'_> {
     }
 
     /// Checks one template (or expression) and records the edges its references imply.
-    fn template(&mut self, step: Option<usize>, text: &str, pos: Pos, site: Site, expression: bool) {
+    fn template(
+        &mut self,
+        step: Option<usize>,
+        text: &str,
+        pos: Pos,
+        site: Site,
+        expression: bool,
+    ) {
         let vars = if expression {
             template::expression_variables(text)
         } else {
@@ -408,15 +440,30 @@ impl Compiler<'_> {
                 Reference::Builtin => {}
                 Reference::Input(name) => {
                     if !self.workflow.inputs.iter().any(|i| i.name == name) {
-                        let names: Vec<&str> = self.workflow.inputs.iter().map(|i| i.name.as_str()).collect();
+                        let names: Vec<&str> = self
+                            .workflow
+                            .inputs
+                            .iter()
+                            .map(|i| i.name.as_str())
+                            .collect();
                         let help = match crate::diag::did_you_mean(name, names.iter().copied()) {
                             Some(c) => format!("did you mean `inputs.{c}`?"),
-                            None => format!("declare it under `inputs:` (e.g. `{name}: {{ type: string }}`)"),
+                            None => format!(
+                                "declare it under `inputs:` (e.g. `{name}: {{ type: string }}`)"
+                            ),
                         };
-                        self.err(offset, len, ErrorCode::UnknownReference, format!("unknown input `{name}`"), help);
+                        self.err(
+                            offset,
+                            len,
+                            ErrorCode::UnknownReference,
+                            format!("unknown input `{name}`"),
+                            help,
+                        );
                     }
                 }
-                Reference::Step(name, attr) => self.step_reference(step, site, name, attr, offset, len),
+                Reference::Step(name, attr) => {
+                    self.step_reference(step, site, name, attr, offset, len)
+                }
                 Reference::Item => match site {
                     Site::Body { has_item: true } => {}
                     Site::ForEach => self.err(
@@ -439,7 +486,14 @@ impl Compiler<'_> {
                     len,
                     ErrorCode::UnknownReference,
                     format!("`{root}` must be read by name"),
-                    format!("write `{root}.NAME`{}", if root == template::STEPS { ".output" } else { "" }),
+                    format!(
+                        "write `{root}.NAME`{}",
+                        if root == template::STEPS {
+                            ".output"
+                        } else {
+                            ""
+                        }
+                    ),
                 ),
                 Reference::Unknown(root) => {
                     let mut known = vec![template::INPUTS, template::STEPS];
@@ -450,29 +504,49 @@ impl Compiler<'_> {
                         Some(c) => format!("did you mean `{c}`?"),
                         None => "templates read `inputs.NAME`, `steps.NAME.output`, and `item` in a `for_each` step; set a local with `{% set %}`".to_string(),
                     };
-                    self.err(offset, root.len(), ErrorCode::UnknownReference, format!("unknown variable `{root}`"), help);
+                    self.err(
+                        offset,
+                        root.len(),
+                        ErrorCode::UnknownReference,
+                        format!("unknown variable `{root}`"),
+                        help,
+                    );
                 }
             }
         }
     }
 
-    fn step_reference(&mut self, step: Option<usize>, site: Site, name: &str, attr: Option<&str>, offset: usize, len: usize) {
+    fn step_reference(
+        &mut self,
+        step: Option<usize>,
+        site: Site,
+        name: &str,
+        attr: Option<&str>,
+        offset: usize,
+        len: usize,
+    ) {
         let Some(&j) = self.index.get(name) else {
-            let help = self
-                .step_suggestion(name)
-                .replacen("did you mean `", "did you mean `steps.", 1);
-            return self.err(offset, len, ErrorCode::UnknownReference, format!("unknown step `{name}`"), help);
+            let help =
+                self.step_suggestion(name)
+                    .replacen("did you mean `", "did you mean `steps.", 1);
+            return self.err(
+                offset,
+                len,
+                ErrorCode::UnknownReference,
+                format!("unknown step `{name}`"),
+                help,
+            );
         };
-        if let Some(a) = attr {
-            if a != template::OUTPUT {
-                self.err(
-                    offset,
-                    len,
-                    ErrorCode::UnknownReference,
-                    format!("steps have no attribute `{a}`"),
-                    format!("write `steps.{name}.output`"),
-                );
-            }
+        if let Some(a) = attr
+            && a != template::OUTPUT
+        {
+            self.err(
+                offset,
+                len,
+                ErrorCode::UnknownReference,
+                format!("steps have no attribute `{a}`"),
+                format!("write `steps.{name}.output`"),
+            );
         }
         if let Some(i) = step {
             if i == j {
@@ -484,7 +558,11 @@ impl Compiler<'_> {
                     "a step can only read steps that finish before it".into(),
                 );
             }
-            let kind = if site == Site::When { EdgeKind::Condition } else { EdgeKind::Data };
+            let kind = if site == Site::When {
+                EdgeKind::Condition
+            } else {
+                EdgeKind::Data
+            };
             self.edge(j, i, kind);
         }
     }
@@ -498,10 +576,16 @@ impl Compiler<'_> {
             let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
             let line = text[line_start..line_end].trim();
             if let Some(found) = (!line.is_empty())
-                .then(|| self.file.text().get(pos.offset..).and_then(|s| s.find(line)))
+                .then(|| {
+                    self.file
+                        .text()
+                        .get(pos.offset..)
+                        .and_then(|s| s.find(line))
+                })
                 .flatten()
             {
-                let indent = text[line_start..line_end].len() - text[line_start..line_end].trim_start().len();
+                let indent = text[line_start..line_end].len()
+                    - text[line_start..line_end].trim_start().len();
                 offset = pos.offset + found + start.saturating_sub(line_start + indent);
             }
         }
@@ -524,61 +608,80 @@ impl Compiler<'_> {
                     let help = if policy.tools.is_empty() {
                         format!("add `policy: {{ tools: [{}] }}` to allow it", t.tool.name)
                     } else {
-                        format!("add `{}` to `policy.tools`, or use one of: {}", t.tool.name, policy.tools.join(", "))
+                        format!(
+                            "add `{}` to `policy.tools`, or use one of: {}",
+                            t.tool.name,
+                            policy.tools.join(", ")
+                        )
                     };
                     self.err(
                         t.tool.pos.offset,
                         t.tool.name.len(),
                         ErrorCode::Policy,
-                        format!("tool `{}` is not allowed by the workflow's policy", t.tool.name),
+                        format!(
+                            "tool `{}` is not allowed by the workflow's policy",
+                            t.tool.name
+                        ),
                         help,
                     );
                 }
             }
             StepKind::Llm(l) => {
                 if let Some(m) = &l.model {
-                    if let Some(allowed) = &policy.models {
-                        if !allowed.contains(&m.name) {
-                            self.err(
-                                m.pos.offset,
-                                m.name.len(),
-                                ErrorCode::Policy,
-                                format!("model `{}` is not in `policy.models`", m.name),
-                                format!("add it to `policy.models`, or pin one of: {}", allowed.join(", ")),
-                            );
-                        }
+                    if let Some(allowed) = &policy.models
+                        && !allowed.contains(&m.name)
+                    {
+                        self.err(
+                            m.pos.offset,
+                            m.name.len(),
+                            ErrorCode::Policy,
+                            format!("model `{}` is not in `policy.models`", m.name),
+                            format!(
+                                "add it to `policy.models`, or pin one of: {}",
+                                allowed.join(", ")
+                            ),
+                        );
                     }
-                    if let Some(models) = &ctx.models {
-                        if !models.contains(&m.name) {
-                            let names: Vec<&str> = models.iter().map(String::as_str).collect();
-                            let help = match crate::diag::did_you_mean(&m.name, names.iter().copied()) {
-                                Some(c) => format!("did you mean `{c}`?"),
-                                None => "see `joule models list` for the catalog's models".into(),
-                            };
-                            self.err(
-                                m.pos.offset,
-                                m.name.len(),
-                                ErrorCode::Policy,
-                                format!("model `{}` is not in the catalog", m.name),
-                                help,
-                            );
-                        }
+                    if let Some(models) = &ctx.models
+                        && !models.contains(&m.name)
+                    {
+                        let names: Vec<&str> = models.iter().map(String::as_str).collect();
+                        let help = match crate::diag::did_you_mean(&m.name, names.iter().copied()) {
+                            Some(c) => format!("did you mean `{c}`?"),
+                            None => "see `joule models list` for the catalog's models".into(),
+                        };
+                        self.err(
+                            m.pos.offset,
+                            m.name.len(),
+                            ErrorCode::Policy,
+                            format!("model `{}` is not in the catalog", m.name),
+                            help,
+                        );
                     }
                 }
                 if let Some(d) = &l.device {
                     let local = is_local_device(&d.name);
-                    let provider = if local { LOCAL_PROVIDER } else { d.name.as_str() };
+                    let provider = if local {
+                        LOCAL_PROVIDER
+                    } else {
+                        d.name.as_str()
+                    };
                     if !policy.providers.iter().any(|p| p == provider) {
                         self.err(
                             d.pos.offset,
                             d.name.len(),
                             ErrorCode::Policy,
                             if local {
-                                format!("device `{}` is local, but the policy does not allow `local`", d.name)
+                                format!(
+                                    "device `{}` is local, but the policy does not allow `local`",
+                                    d.name
+                                )
                             } else {
                                 format!("endpoint `{}` is not in `policy.providers`", d.name)
                             },
-                            format!("add `{provider}` to `policy.providers`, or pin an allowed device"),
+                            format!(
+                                "add `{provider}` to `policy.providers`, or pin an allowed device"
+                            ),
                         );
                     }
                 }

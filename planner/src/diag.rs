@@ -79,7 +79,6 @@ impl SourceFile {
             offset,
         }
     }
-
 }
 
 /// A position in a workflow file: 1-based line and character column, and the byte offset.
@@ -231,10 +230,9 @@ impl miette::Diagnostic for SpecError {
     fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
         self.src.as_ref()?;
         let span = SourceSpan::new(self.pos.offset.into(), self.len);
-        Some(Box::new(std::iter::once(miette::LabeledSpan::new_with_span(
-            Some(self.code.as_str().replace('-', " ")),
-            span,
-        ))))
+        Some(Box::new(std::iter::once(
+            miette::LabeledSpan::new_with_span(Some(self.code.as_str().replace('-', " ")), span),
+        )))
     }
 }
 
@@ -245,10 +243,10 @@ impl miette::SourceCode for SourceFile {
         context_lines_before: usize,
         context_lines_after: usize,
     ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
-        let contents = self
-            .text
-            .as_ref()
-            .read_span(span, context_lines_before, context_lines_after)?;
+        let contents =
+            self.text
+                .as_ref()
+                .read_span(span, context_lines_before, context_lines_after)?;
         Ok(Box::new(miette::MietteSpanContents::new_named(
             self.name.to_string(),
             contents.data(),
@@ -261,7 +259,10 @@ impl miette::SourceCode for SourceFile {
 }
 
 /// The closest candidate to a misspelt name, if one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(name, c), c))
@@ -271,7 +272,7 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
 }
 
 /// A help line suggesting the closest candidate, or listing all of them when none is close.
-pub fn suggest<'a>(name: &str, what: &str, candidates: &[&'a str]) -> String {
+pub fn suggest(name: &str, what: &str, candidates: &[&str]) -> String {
     match did_you_mean(name, candidates.iter().copied()) {
         Some(c) => format!("did you mean `{c}`?"),
         None if candidates.is_empty() => format!("no {what} is defined"),

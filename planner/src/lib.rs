@@ -12,6 +12,7 @@ pub mod diag;
 pub mod render;
 pub mod schema;
 pub mod spec;
+pub mod synth;
 pub mod template;
 
 pub use dag::{CompileContext, Dag};

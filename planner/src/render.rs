@@ -34,7 +34,11 @@ pub fn dot(dag: &Dag) -> String {
             StepKind::Tool(_) => "component",
             StepKind::Value(_) => "note",
         };
-        let _ = writeln!(out, "  s{i} [label={}, shape={shape}];", quote_dot(&label(step)));
+        let _ = writeln!(
+            out,
+            "  s{i} [label={}, shape={shape}];",
+            quote_dot(&label(step))
+        );
     }
     let mut edges: Vec<_> = dag.edges().collect();
     edges.sort_by_key(|e| (e.from, e.to));
@@ -76,6 +80,9 @@ pub fn mermaid(dag: &Dag) -> String {
 }
 
 fn quote_dot(s: &str) -> String {
-    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
     format!("\"{escaped}\"")
 }

@@ -18,7 +18,15 @@ pub const ITEM: &str = "item";
 pub const OUTPUT: &str = "output";
 
 /// Functions minijinja provides as globals; reading them is not a reference to workflow data.
-const BUILTIN_GLOBALS: &[&str] = &["range", "dict", "namespace", "debug", "lipsum", "cycler", "joiner"];
+const BUILTIN_GLOBALS: &[&str] = &[
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+    "lipsum",
+    "cycler",
+    "joiner",
+];
 
 /// joule's template environment: minijinja's built-ins plus the filters workflows use.
 pub fn environment() -> &'static Environment<'static> {
@@ -72,7 +80,9 @@ pub fn template_variables(text: &str) -> Result<Vec<String>, SyntaxError> {
     if !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
         return Ok(Vec::new());
     }
-    let tmpl = environment().template_from_str(text).map_err(|e| syntax_error(&e))?;
+    let tmpl = environment()
+        .template_from_str(text)
+        .map_err(|e| syntax_error(&e))?;
     Ok(sorted(tmpl.undeclared_variables(true)))
 }
 
@@ -125,7 +135,9 @@ pub fn classify(path: &str) -> Reference<'_> {
     let mut parts = path.split('.');
     let root = parts.next().unwrap_or_default();
     match root {
-        INPUTS => parts.next().map_or(Reference::Whole(INPUTS), Reference::Input),
+        INPUTS => parts
+            .next()
+            .map_or(Reference::Whole(INPUTS), Reference::Input),
         STEPS => match parts.next() {
             Some(step) => Reference::Step(step, parts.next()),
             None => Reference::Whole(STEPS),
@@ -176,8 +188,14 @@ mod tests {
             "{{ inputs.ticket }} {% for d in steps.search.output | lines %}{{ d }}{% endfor %} {{ steps.a.output.x }}",
         )
         .unwrap();
-        assert_eq!(vars, ["inputs.ticket", "steps.a.output.x", "steps.search.output"]);
-        assert_eq!(classify("steps.a.output.x"), Reference::Step("a", Some("output")));
+        assert_eq!(
+            vars,
+            ["inputs.ticket", "steps.a.output.x", "steps.search.output"]
+        );
+        assert_eq!(
+            classify("steps.a.output.x"),
+            Reference::Step("a", Some("output"))
+        );
         assert_eq!(classify("inputs"), Reference::Whole("inputs"));
         assert_eq!(classify("range"), Reference::Builtin);
         assert_eq!(classify("foo.bar"), Reference::Unknown("foo"));
@@ -185,7 +203,11 @@ mod tests {
 
     #[test]
     fn plain_text_has_no_references() {
-        assert!(template_variables("just words, no braces").unwrap().is_empty());
+        assert!(
+            template_variables("just words, no braces")
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -194,7 +216,10 @@ mod tests {
             expression_variables("{{ steps.c.output == 'bug' }}").unwrap(),
             ["steps.c.output"]
         );
-        assert_eq!(expression_variables("steps.c.output | lines").unwrap(), ["steps.c.output"]);
+        assert_eq!(
+            expression_variables("steps.c.output | lines").unwrap(),
+            ["steps.c.output"]
+        );
         assert!(expression_variables("{{ a }} and {{ b }}").is_err());
         assert!(expression_variables("{{ steps.c.output == }}").is_err());
     }
@@ -215,7 +240,10 @@ mod tests {
     #[test]
     fn lines_filter_trims_and_drops_blanks() {
         let out = environment()
-            .render_str("{{ (text | lines) | join(',') }}", minijinja::context! { text => " a \n\n b\n" })
+            .render_str(
+                "{{ (text | lines) | join(',') }}",
+                minijinja::context! { text => " a \n\n b\n" },
+            )
             .unwrap();
         assert_eq!(out, "a,b");
     }

@@ -10,7 +10,7 @@
 pub mod raw;
 pub mod units;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -116,7 +116,18 @@ pub enum Objective {
 
 /// The kind of work an llm step does; models' quality is profiled per task.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Deserialize,
+    Serialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
@@ -295,7 +306,10 @@ pub fn load(path: &std::path::Path) -> Result<Workflow, Vec<SpecError>> {
             SpecError::whole_file(
                 &name,
                 ErrorCode::Syntax,
-                format!("the file is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                format!(
+                    "the file is not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
             )
             .with_help("save the workflow as UTF-8"),
         ]
@@ -342,13 +356,19 @@ pub fn parse(file: &SourceFile) -> Result<Workflow, Vec<SpecError>> {
 /// Turns a serde-saphyr error into a [`SpecError`] with a did-you-mean where one helps.
 fn yaml_error(file: &SourceFile, err: &serde_saphyr::Error) -> SpecError {
     use serde_saphyr::Error as E;
-    let err = err.without_snippet();
     let offset = err
         .location()
         .filter(|l| l.line() > 0)
         .map_or(0, |l| file.offset(l.line() as usize, l.column() as usize));
+    // Alias and snippet wrappers carry the position of use; the cause is inside.
+    let mut err = err;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = err {
+        err = error;
+    }
     match err {
-        E::SerdeUnknownField { field, expected, .. } => SpecError::at(
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => SpecError::at(
             file,
             offset,
             field.len(),
@@ -380,7 +400,14 @@ fn yaml_error(file: &SourceFile, err: &serde_saphyr::Error) -> SpecError {
         }),
         other => {
             let message = first_line(&other.to_string());
-            let help = if matches!(other, E::Budget { .. } | E::AliasReplayLimitExceeded { .. } | E::AliasExpansionLimitExceeded { .. } | E::AliasReplayStackDepthExceeded { .. }) {
+            let over_limit = matches!(
+                other,
+                E::Budget { .. }
+                    | E::AliasReplayLimitExceeded { .. }
+                    | E::AliasExpansionLimitExceeded { .. }
+                    | E::AliasReplayStackDepthExceeded { .. }
+            );
+            let help = if over_limit {
                 "the file exceeds the parser's safety limits (too deep, too many aliases or nodes); simplify it"
             } else {
                 "check the YAML syntax and the shape of the workflow (see `joule schema`)"
@@ -393,7 +420,7 @@ fn yaml_error(file: &SourceFile, err: &serde_saphyr::Error) -> SpecError {
 /// The message without the parser's own trailing position (joule prints its own).
 fn first_line(message: &str) -> String {
     let line = message.lines().next().unwrap_or(message).trim();
-    let line = match line.rfind(" at line ") {
+    let line = match line.find(" at line ") {
         Some(i) => &line[..i],
         None => line,
     };
@@ -411,15 +438,29 @@ impl Checker<'_> {
         self.file.position(self.file.offset(at.line, at.column))
     }
 
-    fn error<T>(&mut self, at: &At<T>, len: usize, code: ErrorCode, message: String, help: impl Into<String>) {
+    fn error<T>(
+        &mut self,
+        at: &At<T>,
+        len: usize,
+        code: ErrorCode,
+        message: String,
+        help: impl Into<String>,
+    ) {
         let offset = self.file.offset(at.line, at.column);
         self.errors
             .push(SpecError::at(self.file, offset, len, code, message).with_help(help));
     }
 
     fn name(&mut self, at: &At<String>, what: &str) {
-        let ok = at.value.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && at.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let ok = at
+            .value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && at
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
             self.error(
                 at,
@@ -445,7 +486,13 @@ impl Checker<'_> {
         match units::parse_duration(&at.value) {
             Ok(v) => Some(v),
             Err(help) => {
-                self.error(at, at.value.len(), ErrorCode::InvalidValue, "invalid duration".into(), help);
+                self.error(
+                    at,
+                    at.value.len(),
+                    ErrorCode::InvalidValue,
+                    "invalid duration".into(),
+                    help,
+                );
                 None
             }
         }
@@ -456,16 +503,23 @@ impl Checker<'_> {
         for (key, input) in raw.inputs.0 {
             self.name(&key, "input");
             let ty = input.ty.as_ref().map_or(InputType::String, |t| t.value);
-            if let Some(default) = &input.default {
-                if !ty.accepts(&default.value) {
-                    self.error(
-                        default,
-                        1,
-                        ErrorCode::InvalidValue,
-                        format!("the default of input `{}` is not of type {}", key.value, json_name(ty)),
-                        format!("give a {} default, or change the input's `type`", json_name(ty)),
-                    );
-                }
+            if let Some(default) = &input.default
+                && !ty.accepts(&default.value)
+            {
+                self.error(
+                    default,
+                    1,
+                    ErrorCode::InvalidValue,
+                    format!(
+                        "the default of input `{}` is not of type {}",
+                        key.value,
+                        json_name(ty)
+                    ),
+                    format!(
+                        "give {} default, or change the input's `type`",
+                        with_article(json_name(ty))
+                    ),
+                );
             }
             inputs.push(Input {
                 pos: self.pos(&key),
@@ -477,13 +531,24 @@ impl Checker<'_> {
         }
 
         let budget = raw.budget.map_or_else(Budget::default, |b| Budget {
-            latency_s: b.latency.as_ref().and_then(|d| self.positive(d, units::parse_duration, "latency")),
-            energy_j: b.energy.as_ref().and_then(|d| self.positive(d, units::parse_energy, "energy")),
-            cost_usd: b.cost.as_ref().and_then(|d| self.positive(d, units::parse_cost, "cost")),
+            latency_s: b
+                .latency
+                .as_ref()
+                .and_then(|d| self.positive(d, units::parse_duration, "latency")),
+            energy_j: b
+                .energy
+                .as_ref()
+                .and_then(|d| self.positive(d, units::parse_energy, "energy")),
+            cost_usd: b
+                .cost
+                .as_ref()
+                .and_then(|d| self.positive(d, units::parse_cost, "cost")),
         });
 
         let policy = raw.policy.map_or_else(Policy::default, |p| Policy {
-            providers: p.providers.map_or_else(|| vec![LOCAL_PROVIDER.to_string()], strings),
+            providers: p
+                .providers
+                .map_or_else(|| vec![LOCAL_PROVIDER.to_string()], strings),
             models: p.models.map(strings),
             tools: p.tools.map(strings).unwrap_or_default(),
         });
@@ -523,11 +588,6 @@ impl Checker<'_> {
             })
             .collect();
 
-        let mut seen = HashSet::new();
-        for input in &inputs {
-            seen.insert(input.name.clone());
-        }
-
         Workflow {
             name: raw.name.value,
             description: raw.description,
@@ -541,7 +601,12 @@ impl Checker<'_> {
         }
     }
 
-    fn positive(&mut self, at: &At<String>, parse: fn(&str) -> Result<f64, String>, what: &str) -> Option<f64> {
+    fn positive(
+        &mut self,
+        at: &At<String>,
+        parse: fn(&str) -> Result<f64, String>,
+        what: &str,
+    ) -> Option<f64> {
         match parse(&at.value) {
             Ok(v) if v > 0.0 => Some(v),
             Ok(_) => {
@@ -555,7 +620,13 @@ impl Checker<'_> {
                 None
             }
             Err(help) => {
-                self.error(at, at.value.len(), ErrorCode::InvalidValue, format!("invalid {what} budget"), help);
+                self.error(
+                    at,
+                    at.value.len(),
+                    ErrorCode::InvalidValue,
+                    format!("invalid {what} budget"),
+                    help,
+                );
                 None
             }
         }
@@ -594,7 +665,13 @@ impl Checker<'_> {
             .unwrap_or(DEFAULT_BACKOFF_S);
         let timeout_s = match raw.timeout.as_ref().map(|t| (t, self.duration(t))) {
             Some((t, Some(v))) if v <= 0.0 => {
-                self.error(t, t.value.len(), ErrorCode::InvalidValue, "the timeout must be more than zero".into(), "remove `timeout` for no limit");
+                self.error(
+                    t,
+                    t.value.len(),
+                    ErrorCode::InvalidValue,
+                    "the timeout must be more than zero".into(),
+                    "remove `timeout` for no limit",
+                );
                 None
             }
             Some((_, v)) => v,
@@ -671,9 +748,15 @@ impl Checker<'_> {
         let llm_only = [
             ("task", raw.task.as_ref().map(|a| (a.line, a.column))),
             ("system", raw.system.as_ref().map(|a| (a.line, a.column))),
-            ("max_tokens", raw.max_tokens.as_ref().map(|a| (a.line, a.column))),
+            (
+                "max_tokens",
+                raw.max_tokens.as_ref().map(|a| (a.line, a.column)),
+            ),
             ("quality", raw.quality.as_ref().map(|a| (a.line, a.column))),
-            ("temperature", raw.temperature.as_ref().map(|a| (a.line, a.column))),
+            (
+                "temperature",
+                raw.temperature.as_ref().map(|a| (a.line, a.column)),
+            ),
             ("output", raw.output.as_ref().map(|a| (a.line, a.column))),
             ("model", raw.model.as_ref().map(|a| (a.line, a.column))),
             ("device", raw.device.as_ref().map(|a| (a.line, a.column))),
@@ -692,7 +775,11 @@ impl Checker<'_> {
             )
             .collect();
         for (k, (line, column), applies) in misplaced {
-            let at = At { value: (), line, column };
+            let at = At {
+                value: (),
+                line,
+                column,
+            };
             self.error(
                 &at,
                 1,
@@ -744,10 +831,14 @@ impl Checker<'_> {
     }
 
     fn llm(&mut self, raw: &RawStep) -> LlmStep {
-        let prompt = raw.prompt.as_ref().map(|p| self.template(p)).unwrap_or_else(|| Template {
-            source: String::new(),
-            pos: Pos::default(),
-        });
+        let prompt = raw
+            .prompt
+            .as_ref()
+            .map(|p| self.template(p))
+            .unwrap_or_else(|| Template {
+                source: String::new(),
+                pos: Pos::default(),
+            });
         let max_tokens = match &raw.max_tokens {
             Some(m) if m.value == 0 || m.value > MAX_TOKENS_LIMIT => {
                 self.error(
@@ -813,10 +904,19 @@ impl Checker<'_> {
     fn output_spec(&mut self, at: &At<serde_json::Value>) -> Option<OutputSpec> {
         use serde_json::Value as V;
         match &at.value {
-            V::Array(items) if !items.is_empty() && items.iter().all(|i| i.is_string()) => Some(OutputSpec::OneOf(
-                items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect(),
-            )),
-            V::Object(o) if o.contains_key("type") || o.contains_key("enum") || o.contains_key("properties") => {
+            V::Array(items) if !items.is_empty() && items.iter().all(|i| i.is_string()) => {
+                Some(OutputSpec::OneOf(
+                    items
+                        .iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect(),
+                ))
+            }
+            V::Object(o)
+                if o.contains_key("type")
+                    || o.contains_key("enum")
+                    || o.contains_key("properties") =>
+            {
                 Some(OutputSpec::JsonSchema(at.value.clone()))
             }
             _ => {
@@ -837,6 +937,15 @@ fn strings(v: Vec<At<String>>) -> Vec<String> {
     v.into_iter().map(|a| a.value).collect()
 }
 
+fn with_article(noun: &str) -> String {
+    let article = if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {noun}")
+}
+
 fn json_name(t: InputType) -> &'static str {
     match t {
         InputType::String => "string",
@@ -852,7 +961,13 @@ fn json_name(t: InputType) -> &'static str {
 fn suggest_ident(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     if !s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
         s.insert(0, '_');

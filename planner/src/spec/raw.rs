@@ -134,6 +134,7 @@ pub struct RawWorkflow {
 /// An input the caller passes to a run.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Input")]
 pub struct RawInput {
     /// The input's type (default: string).
     #[serde(default, rename = "type")]
@@ -148,6 +149,7 @@ pub struct RawInput {
 /// Limits for one run. Every limit is optional.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Budget")]
 pub struct RawBudget {
     /// The latency SLO for one run: `500ms`, `30s`, `2m`, `1h`.
     #[serde(default)]
@@ -166,6 +168,7 @@ pub struct RawBudget {
 /// What the workflow may touch. Anything not listed is refused.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Policy")]
 pub struct RawPolicy {
     /// Where model calls may go: `local` (this machine's models) and/or endpoint names
     /// (default: `[local]`).
@@ -183,6 +186,7 @@ pub struct RawPolicy {
 /// template) says what kind of step it is.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Step")]
 pub struct RawStep {
     /// What the step is for (shown in plans and reports).
     #[serde(default)]

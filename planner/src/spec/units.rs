@@ -5,8 +5,13 @@
 
 /// Parses `500ms`, `30s`, `1.5m`, `2h` (also `1m30s`) into seconds.
 pub fn parse_duration(text: &str) -> Result<f64, String> {
-    let total = parse_sum(text, &[("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)])
-        .ok_or_else(|| format!("`{text}` is not a duration; write it like `500ms`, `30s`, `2m` or `1h`"))?;
+    let total = parse_sum(
+        text,
+        &[("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)],
+    )
+    .ok_or_else(|| {
+        format!("`{text}` is not a duration; write it like `500ms`, `30s`, `2m` or `1h`")
+    })?;
     Ok(total)
 }
 
@@ -22,7 +27,9 @@ pub fn parse_energy(text: &str) -> Result<f64, String> {
             ("J", 1.0),
         ],
     )
-    .ok_or_else(|| format!("`{text}` is not an energy; write it like `500J`, `2kJ`, `1.5Wh` or `0.2kWh`"))
+    .ok_or_else(|| {
+        format!("`{text}` is not an energy; write it like `500J`, `2kJ`, `1.5Wh` or `0.2kWh`")
+    })
 }
 
 /// Parses `$0.01`, `0.01 USD` or `0.01USD` into US dollars.
@@ -33,9 +40,12 @@ pub fn parse_cost(text: &str) -> Result<f64, String> {
     } else if let Some(rest) = t.strip_suffix("USD") {
         rest.trim()
     } else {
-        return Err(format!("`{text}` is not a cost; write it like `$0.01` or `0.01 USD`"));
+        return Err(format!(
+            "`{text}` is not a cost; write it like `$0.01` or `0.01 USD`"
+        ));
     };
-    parse_number(number).ok_or_else(|| format!("`{text}` is not a cost; write it like `$0.01` or `0.01 USD`"))
+    parse_number(number)
+        .ok_or_else(|| format!("`{text}` is not a cost; write it like `$0.01` or `0.01 USD`"))
 }
 
 /// A non-negative, finite decimal number (no sign, no exponent: these are budgets).
@@ -73,10 +83,10 @@ fn parse_sum(text: &str, units: &[(&str, f64)]) -> Option<f64> {
             return None;
         }
         // Units of a compound duration go from large to small, each once: `1h30m`, not `30m1h`.
-        if let Some(prev) = last_unit {
-            if units[index].1 >= units[prev].1 {
-                return None;
-            }
+        if let Some(prev) = last_unit
+            && units[index].1 >= units[prev].1
+        {
+            return None;
         }
         last_unit = Some(index);
         total += number * scale;
@@ -109,7 +119,9 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(7200.0));
         assert_eq!(parse_duration("1m30s"), Ok(90.0));
         assert_eq!(parse_duration(" 1m 30s "), Ok(90.0));
-        for bad in ["30", "", "s", "-1s", "30 sec", "5min", "30s1m", "1e3s", "1..2s", "3d"] {
+        for bad in [
+            "30", "", "s", "-1s", "30 sec", "5min", "30s1m", "1e3s", "1..2s", "3d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what building joule needs on a fresh machine, so `make demo` and `make test` work
+# from a clean clone. System packages come from apt-get when missing and we are root;
+# otherwise we say exactly what to install.
+set -euo pipefail
+
+# System packages the build needs (Debian names) and a command or file that shows each is there.
+declare -A NEED=(
+  [gcc]="cc"
+  [make]="make"
+  [pkg-config]="pkg-config"
+)
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo is not installed. Install Rust 1.89 or newer with rustup (https://rustup.rs)." >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${!NEED[@]}"; do
+  probe=${NEED[$pkg]}
+  if [[ $probe == /* ]]; then
+    [[ -e $probe ]] || missing+=("$pkg")
+  else
+    command -v "$probe" >/dev/null 2>&1 || missing+=("$pkg")
+  fi
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "error: missing system packages: ${missing[*]}" >&2
+    echo "install them with: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+      rustup component add "$component"
+    else
+      echo "error: the Rust component $component is missing; install it with rustup" >&2
+      exit 1
+    fi
+  fi
+done
