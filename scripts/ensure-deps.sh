@@ -4,11 +4,14 @@
 # otherwise we say exactly what to install.
 set -euo pipefail
 
-# System packages the build needs (Debian names) and a command or file that shows each is there.
+# System packages the build needs (Debian names) and a shell test that shows each is there.
+# cmake, g++ and libclang-dev build HiGHS (the MILP solver) from source through highs-sys.
 declare -A NEED=(
-  [gcc]="cc"
-  [make]="make"
-  [pkg-config]="pkg-config"
+  [gcc]="command -v cc"
+  [g++]="command -v c++"
+  [make]="command -v make"
+  [cmake]="command -v cmake"
+  [libclang-dev]="compgen -G '/usr/lib/llvm-*/lib/libclang.so' || compgen -G '/usr/lib/*/libclang.so'"
 )
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -18,12 +21,7 @@ fi
 
 missing=()
 for pkg in "${!NEED[@]}"; do
-  probe=${NEED[$pkg]}
-  if [[ $probe == /* ]]; then
-    [[ -e $probe ]] || missing+=("$pkg")
-  else
-    command -v "$probe" >/dev/null 2>&1 || missing+=("$pkg")
-  fi
+  eval "${NEED[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
 done
 
 if ((${#missing[@]})); then

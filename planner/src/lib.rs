@@ -7,10 +7,15 @@
 //! - [`diag`]: errors that point at file, line and column;
 //! - [`render`], [`schema`]: what `joule graph` and `joule schema` print.
 
+pub mod catalog;
 pub mod dag;
 pub mod diag;
+pub mod estimate;
+pub mod figure;
+pub mod profile;
 pub mod render;
 pub mod schema;
+pub mod solve;
 pub mod spec;
 pub mod synth;
 pub mod template;

@@ -295,6 +295,12 @@ pub struct Output {
 
 /// Reads and parses a workflow file from disk.
 pub fn load(path: &std::path::Path) -> Result<Workflow, Vec<SpecError>> {
+    parse(&read_source(path)?)
+}
+
+/// Reads a YAML file joule consumes (workflow, catalog, profile), refusing oversized and
+/// non-UTF-8 files with a clear error.
+pub fn read_source(path: &std::path::Path) -> Result<SourceFile, Vec<SpecError>> {
     let name = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| vec![io_error(&name, &e)])?;
     if meta.len() > MAX_FILE_BYTES as u64 {
@@ -314,7 +320,18 @@ pub fn load(path: &std::path::Path) -> Result<Workflow, Vec<SpecError>> {
             .with_help("save the workflow as UTF-8"),
         ]
     })?;
-    parse(&SourceFile::new(name, text))
+    Ok(SourceFile::new(name, text))
+}
+
+/// Deserialises any of joule's YAML files with the parser's safety limits, turning errors into
+/// positioned diagnostics.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(file: &SourceFile) -> Result<T, Vec<SpecError>> {
+    if file.text().len() > MAX_FILE_BYTES {
+        return Err(vec![too_large(file.name(), file.text().len())]);
+    }
+    let options = serde_saphyr::options! { with_snippet: false };
+    serde_saphyr::from_str_with_options(file.text(), options)
+        .map_err(|e| vec![yaml_error(file, &e)])
 }
 
 fn io_error(name: &str, e: &std::io::Error) -> SpecError {
@@ -333,12 +350,7 @@ fn too_large(name: &str, len: usize) -> SpecError {
 
 /// Parses workflow text. All errors found are returned, sorted by position.
 pub fn parse(file: &SourceFile) -> Result<Workflow, Vec<SpecError>> {
-    if file.text().len() > MAX_FILE_BYTES {
-        return Err(vec![too_large(file.name(), file.text().len())]);
-    }
-    let options = serde_saphyr::options! { with_snippet: false };
-    let raw: RawWorkflow = serde_saphyr::from_str_with_options(file.text(), options)
-        .map_err(|e| vec![yaml_error(file, &e)])?;
+    let raw: RawWorkflow = from_yaml(file)?;
     let mut checker = Checker {
         file,
         errors: Vec::new(),

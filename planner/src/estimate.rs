@@ -1,0 +1,504 @@
+//! The cost model: for every step and every config it may run on, predicted latency, energy,
+//! cost and quality, from the profiles. Its output, a [`Problem`], is plain numbers: the solver
+//! never sees YAML, models or profiles, which keeps it fast and lets tests feed it random
+//! instances directly.
+//!
+//! Tokens in are the prompt's static text at about 4 characters a token plus what its
+//! references produce (an llm step's `max_tokens`, a tool's typical output); tokens out are
+//! `max_tokens`, an upper bound, so predictions err on the slow side until the profiler learns
+//! how long answers really are. A `for_each` step makes `expect` calls one after another.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::dag::{Dag, EdgeKind, is_local_device};
+use crate::figure::Source;
+use crate::profile::Profiles;
+use crate::spec::{Budget, InputType, LOCAL_PROVIDER, Objective, StepKind, Workflow};
+use crate::template;
+
+/// Characters per token when text is not tokenised.
+pub const CHARS_PER_TOKEN: f64 = 4.0;
+/// Tokens a tool step's output is assumed to have.
+pub const TOOL_OUTPUT_TOKENS: f64 = 256.0;
+/// Tokens a string input is assumed to have when the workflow gives no default.
+pub const INPUT_TOKENS: f64 = 200.0;
+/// Elements an array input is assumed to have.
+pub const ARRAY_ELEMENTS: f64 = 5.0;
+/// Chat-template tokens per message (role markers, separators).
+pub const MESSAGE_OVERHEAD_TOKENS: f64 = 8.0;
+/// Latency of a tool not in any profile.
+pub const DEFAULT_TOOL_LATENCY_S: f64 = 0.5;
+/// Latency of a value step (template rendering).
+pub const VALUE_LATENCY_S: f64 = 0.001;
+/// Power of the host CPU while it runs a tool (one busy core).
+pub const HOST_W: f64 = 10.0;
+
+/// Where a config runs, for the scheduler: a shared resource or not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resource {
+    /// A local device id or an endpoint name.
+    pub name: String,
+    /// Runs one step at a time (a CPU or GPU with one stream, an endpoint with one slot).
+    pub exclusive: bool,
+    /// Memory for resident models, GB; `None` when not limited (an endpoint).
+    pub memory_gb: Option<f64>,
+}
+
+/// A model loaded on a device for the run: paid once however many steps use it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Residency {
+    pub model: String,
+    pub resource: usize,
+    pub load_s: f64,
+    pub energy_j: f64,
+    pub cost_usd: f64,
+    pub memory_gb: f64,
+}
+
+/// One way to run one step, with its predicted figures (for all of a `for_each`'s calls).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub model: Option<String>,
+    /// A device id, an endpoint name, or `host` for tool and value steps.
+    pub device: String,
+    /// The resource it occupies while it runs, if any.
+    pub resource: Option<usize>,
+    /// The model load it needs, if any.
+    pub residency: Option<usize>,
+    pub latency_s: f64,
+    pub energy_j: f64,
+    pub cost_usd: f64,
+    pub quality: Option<f64>,
+    pub calls: u32,
+    pub tokens_in: f64,
+    pub tokens_out: f64,
+    /// The weakest source among the figures the prediction rests on.
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepChoices {
+    pub id: String,
+    pub configs: Vec<Config>,
+    /// Steps that must finish before this one starts.
+    pub preds: Vec<usize>,
+    /// Why configs were left out, when some were.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
+}
+
+/// The placement problem: what the solver optimises.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    pub steps: Vec<StepChoices>,
+    pub resources: Vec<Resource>,
+    pub residencies: Vec<Residency>,
+    pub budget: Budget,
+    pub objective: Objective,
+}
+
+/// What the planner may use on this machine.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// Local devices present (`cpu`, `cuda:0`); endpoints come from the catalog and policy.
+    pub devices: Vec<String>,
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Self {
+            devices: vec!["cpu".to_string()],
+        }
+    }
+}
+
+/// Builds the problem for a compiled workflow.
+pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environment) -> Problem {
+    let wf = &dag.workflow;
+    let electricity = catalog.prices.electricity_usd_per_kwh.value / 3.6e6;
+
+    // Resources: present local devices, then endpoints the policy allows.
+    let mut resources = Vec::new();
+    for d in &env.devices {
+        if let Some(dev) = catalog.device(d) {
+            if wf.policy.providers.iter().any(|p| p == LOCAL_PROVIDER) {
+                resources.push(Resource {
+                    name: dev.id.clone(),
+                    exclusive: dev.streams <= 1,
+                    memory_gb: Some(dev.memory_gb),
+                });
+            }
+        }
+    }
+    for e in &catalog.endpoints {
+        if wf.policy.providers.iter().any(|p| p == &e.name) {
+            resources.push(Resource {
+                name: e.name.clone(),
+                exclusive: e.streams == Some(1),
+                memory_gb: None,
+            });
+        }
+    }
+
+    let out_tokens = output_tokens(dag);
+    let mut residencies: Vec<Residency> = Vec::new();
+    let mut residency_index: BTreeMap<(String, usize), usize> = BTreeMap::new();
+
+    let steps = wf
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let preds = dag.dependencies(i);
+            let mut excluded = Vec::new();
+            let configs = match &step.kind {
+                StepKind::Llm(llm) => {
+                    let calls = if step.for_each.is_some() {
+                        step.expect.max(1)
+                    } else {
+                        1
+                    };
+                    let tokens_in = input_tokens(dag, i, &out_tokens);
+                    let tokens_out = f64::from(llm.max_tokens);
+                    let mut configs = Vec::new();
+                    for (r, res) in resources.iter().enumerate() {
+                        for model in &catalog.models {
+                            let why_not =
+                                |reason: String| format!("{} on {}: {reason}", model.id, res.name);
+                            if llm.model.as_ref().is_some_and(|m| m.name != model.id)
+                                || llm.device.as_ref().is_some_and(|d| d.name != res.name)
+                            {
+                                continue;
+                            }
+                            if wf
+                                .policy
+                                .models
+                                .as_ref()
+                                .is_some_and(|ms| !ms.contains(&model.id))
+                            {
+                                continue;
+                            }
+                            let endpoint = catalog.endpoint(&res.name);
+                            if let Some(e) = endpoint {
+                                if !e.models.contains(&model.id) {
+                                    continue;
+                                }
+                            } else if model.source.is_none() {
+                                continue;
+                            }
+                            let Some(hw) = profiles.hardware(&model.id, &res.name) else {
+                                continue;
+                            };
+                            let (Some(prefill), Some(decode)) = (&hw.prefill_tps, &hw.decode_tps)
+                            else {
+                                excluded.push(why_not(
+                                    "its profile lacks prefill or decode speed".into(),
+                                ));
+                                continue;
+                            };
+                            if tokens_in + tokens_out > f64::from(model.context) {
+                                excluded.push(why_not(format!(
+                                    "about {:.0} tokens exceed its context of {}",
+                                    tokens_in + tokens_out,
+                                    model.context
+                                )));
+                                continue;
+                            }
+                            let quality = profiles.quality(&model.id, llm.task);
+                            if let Some(floor) = llm.quality {
+                                match quality {
+                                    Some(q) if q.value + 1e-12 >= floor => {}
+                                    Some(q) => {
+                                        excluded.push(why_not(format!(
+                                            "quality {:.2} for {} is below the floor {floor}",
+                                            q.value,
+                                            llm.task.as_str()
+                                        )));
+                                        continue;
+                                    }
+                                    None => {
+                                        excluded.push(why_not(format!(
+                                            "no quality figure for {}",
+                                            llm.task.as_str()
+                                        )));
+                                        continue;
+                                    }
+                                }
+                            }
+                            let overhead = hw.overhead_s.as_ref().map_or(0.0, |f| f.value);
+                            let per_call = overhead
+                                + tokens_in / prefill.value.max(1e-9)
+                                + tokens_out / decode.value.max(1e-9);
+                            let latency = per_call * f64::from(calls);
+                            let power = hw.active_w.as_ref().map_or(0.0, |f| f.value);
+                            let energy = power * latency;
+                            let mut source = prefill.source.min(decode.source);
+                            if let Some(p) = &hw.active_w {
+                                source = source.min(p.source);
+                            }
+                            let cost = match endpoint {
+                                Some(e) => {
+                                    f64::from(calls)
+                                        * (tokens_in * e.usd_per_million_input.value
+                                            + tokens_out * e.usd_per_million_output.value)
+                                        / 1e6
+                                }
+                                None => {
+                                    let hourly = catalog
+                                        .device(&res.name)
+                                        .map_or(0.0, |d| d.usd_per_hour.value);
+                                    energy * electricity + hourly * latency / 3600.0
+                                }
+                            };
+                            // A local model is loaded once per run on its device.
+                            let residency = endpoint.is_none().then(|| {
+                                *residency_index
+                                    .entry((model.id.clone(), r))
+                                    .or_insert_with(|| {
+                                        let load_s = hw.load_s.as_ref().map_or(0.0, |f| f.value);
+                                        let memory_gb = hw.memory_gb.as_ref().map_or_else(
+                                            || {
+                                                model
+                                                    .size_bytes
+                                                    .map_or(0.0, |b| b as f64 * 1.2 / 1e9)
+                                            },
+                                            |f| f.value,
+                                        );
+                                        let hourly = catalog
+                                            .device(&res.name)
+                                            .map_or(0.0, |d| d.usd_per_hour.value);
+                                        residencies.push(Residency {
+                                            model: model.id.clone(),
+                                            resource: r,
+                                            load_s,
+                                            energy_j: power * load_s,
+                                            cost_usd: power * load_s * electricity
+                                                + hourly * load_s / 3600.0,
+                                            memory_gb,
+                                        });
+                                        residencies.len() - 1
+                                    })
+                            });
+                            if let (Some(res_i), Some(limit)) = (residency, res.memory_gb) {
+                                if residencies[res_i].memory_gb > limit {
+                                    excluded.push(why_not(format!(
+                                        "needs {:.1} GB, the device has {limit} GB",
+                                        residencies[res_i].memory_gb
+                                    )));
+                                    continue;
+                                }
+                            }
+                            configs.push(Config {
+                                model: Some(model.id.clone()),
+                                device: res.name.clone(),
+                                resource: Some(r).filter(|_| res.exclusive),
+                                residency,
+                                latency_s: latency,
+                                energy_j: energy,
+                                cost_usd: cost,
+                                quality: quality.map(|q| q.value),
+                                calls,
+                                tokens_in: tokens_in * f64::from(calls),
+                                tokens_out: tokens_out * f64::from(calls),
+                                source,
+                            });
+                        }
+                    }
+                    configs
+                }
+                StepKind::Tool(t) => {
+                    let (latency, source) = profiles
+                        .tool(&t.tool.name)
+                        .map_or((DEFAULT_TOOL_LATENCY_S, Source::Estimate), |p| {
+                            (p.latency_s, p.source)
+                        });
+                    vec![host_config(
+                        step.for_each.is_some().then_some(step.expect).unwrap_or(1),
+                        latency,
+                        source,
+                        electricity,
+                    )]
+                }
+                StepKind::Value(_) => vec![host_config(
+                    1,
+                    VALUE_LATENCY_S,
+                    Source::Estimate,
+                    electricity,
+                )],
+            };
+            StepChoices {
+                id: step.id.clone(),
+                configs,
+                preds,
+                excluded,
+            }
+        })
+        .collect();
+
+    Problem {
+        steps,
+        resources,
+        residencies,
+        budget: wf.budget,
+        objective: wf.objective,
+    }
+}
+
+fn host_config(calls: u32, per_call_s: f64, source: Source, electricity: f64) -> Config {
+    let latency = per_call_s * f64::from(calls.max(1));
+    let energy = HOST_W * latency;
+    Config {
+        model: None,
+        device: "host".to_string(),
+        resource: None,
+        residency: None,
+        latency_s: latency,
+        energy_j: energy,
+        cost_usd: energy * electricity,
+        quality: None,
+        calls: calls.max(1),
+        tokens_in: 0.0,
+        tokens_out: 0.0,
+        source,
+    }
+}
+
+/// Tokens each step's output is expected to have (all calls of a `for_each` together).
+fn output_tokens(dag: &Dag) -> Vec<f64> {
+    let wf = &dag.workflow;
+    let mut out = vec![0.0; wf.steps.len()];
+    for &i in &dag.order {
+        let step = &wf.steps[i];
+        let calls = if step.for_each.is_some() {
+            f64::from(step.expect.max(1))
+        } else {
+            1.0
+        };
+        out[i] = match &step.kind {
+            StepKind::Llm(l) => f64::from(l.max_tokens) * calls,
+            StepKind::Tool(_) => TOOL_OUTPUT_TOKENS * calls,
+            StepKind::Value(v) => {
+                let text: usize = v.strings().iter().map(|s| static_chars(s)).sum();
+                (text as f64 / CHARS_PER_TOKEN
+                    + data_deps(dag, i).map(|d| out[d]).sum::<f64>()
+                    + inputs_read(wf, &v.strings()))
+                    * calls
+            }
+        };
+    }
+    out
+}
+
+/// Prompt tokens of one call of llm step `i`.
+fn input_tokens(dag: &Dag, i: usize, out: &[f64]) -> f64 {
+    let wf = &dag.workflow;
+    let step = &wf.steps[i];
+    let StepKind::Llm(llm) = &step.kind else {
+        return 0.0;
+    };
+    let mut texts = vec![llm.prompt.source.as_str()];
+    if let Some(s) = &llm.system {
+        texts.push(&s.source);
+    }
+    let chars: usize = texts.iter().map(|t| static_chars(t)).sum();
+    // Steps the for_each iterates over contribute one element per call.
+    let fanned: Vec<String> = step
+        .for_each
+        .as_ref()
+        .and_then(|f| template::expression_variables(&f.source).ok())
+        .unwrap_or_default();
+    let expect = f64::from(step.expect.max(1));
+    let mut tokens = chars as f64 / CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS * texts.len() as f64;
+    for d in data_deps(dag, i) {
+        let id = &wf.steps[d].id;
+        let per_item = fanned
+            .iter()
+            .any(|v| matches!(template::classify(v), template::Reference::Step(s, _) if s == id));
+        tokens += if per_item { out[d] / expect } else { out[d] };
+    }
+    tokens += inputs_read(wf, &texts);
+    if let Some(f) = &step.for_each {
+        tokens += inputs_read(wf, &[f.source.as_str()]) / expect;
+    }
+    tokens
+}
+
+/// Tokens of the inputs the templates read: a default's length if given, else a typical size.
+fn inputs_read(wf: &Workflow, texts: &[&str]) -> f64 {
+    let mut names: Vec<&str> = Vec::new();
+    for t in texts {
+        for v in template::template_variables(t).unwrap_or_default() {
+            if let template::Reference::Input(name) = template::classify(&v) {
+                if let Some(input) = wf.inputs.iter().find(|i| i.name == name) {
+                    if !names.contains(&input.name.as_str()) {
+                        names.push(&input.name);
+                    }
+                }
+            }
+        }
+    }
+    names
+        .iter()
+        .filter_map(|n| wf.inputs.iter().find(|i| i.name == *n))
+        .map(|input| match (&input.default, input.ty) {
+            (Some(d), _) => d.to_string().len() as f64 / CHARS_PER_TOKEN,
+            (None, InputType::Array) => INPUT_TOKENS * ARRAY_ELEMENTS,
+            (None, InputType::String | InputType::Object) => INPUT_TOKENS,
+            (None, _) => 1.0,
+        })
+        .sum()
+}
+
+fn data_deps(dag: &Dag, i: usize) -> impl Iterator<Item = usize> + '_ {
+    dag.edges()
+        .filter(move |e| e.to == i && e.kind == EdgeKind::Data)
+        .map(|e| e.from)
+}
+
+/// Characters of a template outside `{{ }}`, `{% %}` and `{# #}` blocks.
+fn static_chars(text: &str) -> usize {
+    let mut count = 0;
+    let mut rest = text;
+    while let Some(start) = rest.find(['{']) {
+        count += rest[..start].chars().count();
+        let after = &rest[start..];
+        let close = match after.as_bytes().get(1) {
+            Some(b'{') => "}}",
+            Some(b'%') => "%}",
+            Some(b'#') => "#}",
+            _ => {
+                count += 1;
+                rest = &after[1..];
+                continue;
+            }
+        };
+        match after.find(close) {
+            Some(end) => rest = &after[end + 2..],
+            None => return count,
+        }
+    }
+    count + rest.chars().count()
+}
+
+/// True when the device name is an endpoint rather than local hardware.
+pub fn is_endpoint(device: &str) -> bool {
+    device != "host" && !is_local_device(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_text_excludes_template_blocks() {
+        assert_eq!(
+            static_chars("abc {{ x }} def {% if y %}g{% endif %}{# c #}"),
+            "abc  def g".len()
+        );
+        assert_eq!(static_chars("a { b } c"), 9);
+        assert_eq!(static_chars("open {{ never closed"), 5);
+    }
+}
