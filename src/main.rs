@@ -3,6 +3,7 @@
 
 mod diagnostics;
 mod graph;
+mod plan;
 mod schema;
 mod validate;
 
@@ -24,6 +25,8 @@ enum Command {
     Validate(validate::Args),
     /// Draw a workflow's DAG as Graphviz DOT or Mermaid.
     Graph(graph::Args),
+    /// Choose a model and device for every step within the budgets.
+    Plan(plan::Args),
     /// Print the JSON Schema of the workflow language.
     Schema,
 }
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Graph(args) => graph::run(&args),
+        Command::Plan(args) => plan::run(&args),
         Command::Schema => schema::run(),
     };
     match result {

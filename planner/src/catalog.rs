@@ -181,3 +181,27 @@ impl Catalog {
 fn whole(file: &SourceFile, message: String) -> SpecError {
     SpecError::at(file, 0, 1, ErrorCode::InvalidValue, message).with_help("fix the catalog file")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_is_valid_and_complete() {
+        let c = Catalog::builtin();
+        for id in ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"] {
+            let m = c.model(id).unwrap_or_else(|| panic!("{id} missing"));
+            assert_eq!(m.sha256.as_ref().map(String::len), Some(64));
+            assert!(matches!(m.source, Some(ModelSource::Pypi(_))));
+        }
+        assert!(c.device("cpu").is_some());
+        assert_eq!(c.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn endpoint_serving_an_unknown_model_is_an_error() {
+        let text = BUILTIN.replace("models: [gpt-4o-mini]", "models: [gpt-5]");
+        let errors = Catalog::parse(&SourceFile::new("c.yaml", text)).unwrap_err();
+        assert!(errors[0].message.contains("serves `gpt-5`"), "{errors:?}");
+    }
+}

@@ -123,14 +123,14 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
     // Resources: present local devices, then endpoints the policy allows.
     let mut resources = Vec::new();
     for d in &env.devices {
-        if let Some(dev) = catalog.device(d) {
-            if wf.policy.providers.iter().any(|p| p == LOCAL_PROVIDER) {
-                resources.push(Resource {
-                    name: dev.id.clone(),
-                    exclusive: dev.streams <= 1,
-                    memory_gb: Some(dev.memory_gb),
-                });
-            }
+        if let Some(dev) = catalog.device(d)
+            && wf.policy.providers.iter().any(|p| p == LOCAL_PROVIDER)
+        {
+            resources.push(Resource {
+                name: dev.id.clone(),
+                exclusive: dev.streams <= 1,
+                memory_gb: Some(dev.memory_gb),
+            });
         }
     }
     for e in &catalog.endpoints {
@@ -282,14 +282,14 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                                         residencies.len() - 1
                                     })
                             });
-                            if let (Some(res_i), Some(limit)) = (residency, res.memory_gb) {
-                                if residencies[res_i].memory_gb > limit {
-                                    excluded.push(why_not(format!(
-                                        "needs {:.1} GB, the device has {limit} GB",
-                                        residencies[res_i].memory_gb
-                                    )));
-                                    continue;
-                                }
+                            if let (Some(res_i), Some(limit)) = (residency, res.memory_gb)
+                                && residencies[res_i].memory_gb > limit
+                            {
+                                excluded.push(why_not(format!(
+                                    "needs {:.1} GB, the device has {limit} GB",
+                                    residencies[res_i].memory_gb
+                                )));
+                                continue;
                             }
                             configs.push(Config {
                                 model: Some(model.id.clone()),
@@ -316,7 +316,11 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                             (p.latency_s, p.source)
                         });
                     vec![host_config(
-                        step.for_each.is_some().then_some(step.expect).unwrap_or(1),
+                        if step.for_each.is_some() {
+                            step.expect
+                        } else {
+                            1
+                        },
                         latency,
                         source,
                         electricity,
@@ -431,12 +435,11 @@ fn inputs_read(wf: &Workflow, texts: &[&str]) -> f64 {
     let mut names: Vec<&str> = Vec::new();
     for t in texts {
         for v in template::template_variables(t).unwrap_or_default() {
-            if let template::Reference::Input(name) = template::classify(&v) {
-                if let Some(input) = wf.inputs.iter().find(|i| i.name == name) {
-                    if !names.contains(&input.name.as_str()) {
-                        names.push(&input.name);
-                    }
-                }
+            if let template::Reference::Input(name) = template::classify(&v)
+                && let Some(input) = wf.inputs.iter().find(|i| i.name == name)
+                && !names.contains(&input.name.as_str())
+            {
+                names.push(&input.name);
             }
         }
     }

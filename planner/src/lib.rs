@@ -12,6 +12,8 @@ pub mod dag;
 pub mod diag;
 pub mod estimate;
 pub mod figure;
+pub mod pareto;
+pub mod plan;
 pub mod profile;
 pub mod render;
 pub mod schema;

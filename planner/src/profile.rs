@@ -102,10 +102,10 @@ pub struct Profiles {
 
 /// Keeps `new` over `old` when its source is at least as strong (later files win ties).
 fn stronger(old: &mut Option<Figure>, new: &Option<Figure>) {
-    if let Some(n) = new {
-        if old.as_ref().is_none_or(|o| n.source >= o.source) {
-            *old = Some(n.clone());
-        }
+    if let Some(n) = new
+        && old.as_ref().is_none_or(|o| n.source >= o.source)
+    {
+        *old = Some(n.clone());
     }
 }
 

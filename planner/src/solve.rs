@@ -18,8 +18,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use good_lp::{
-    Expression, ProblemVariables, Solution as _, SolverModel, Variable, WithInitialSolution,
-    constraint, highs, variable,
+    Expression, ProblemVariables, Solution as _, SolverModel, Variable, constraint, highs, variable,
 };
 use serde::Serialize;
 
@@ -145,6 +144,15 @@ pub fn objective_value(p: &Problem, t: &Totals) -> f64 {
     wl * t.latency_s + we * t.energy_j + wc * t.cost_usd
 }
 
+/// The primary objective of some totals, in its own unit.
+pub fn primary(p: &Problem, t: &Totals) -> f64 {
+    match p.objective {
+        Objective::Energy => t.energy_j,
+        Objective::Cost => t.cost_usd,
+        Objective::Latency => t.latency_s,
+    }
+}
+
 /// Residencies used by an assignment.
 fn used_residencies(p: &Problem, assignment: &[usize]) -> BTreeSet<usize> {
     assignment
@@ -167,7 +175,21 @@ fn load_done(p: &Problem, used: &BTreeSet<usize>) -> Vec<f64> {
 /// (ties by index), each as early as its predecessors, its device and its model load allow.
 /// With the solver's start times as priority this reproduces (or compacts) its schedule.
 pub fn evaluate(p: &Problem, assignment: &[usize], priority: &[f64]) -> (Schedule, Totals) {
+    let (schedule, totals, _) = evaluate_traced(p, assignment, priority);
+    (schedule, totals)
+}
+
+/// [`evaluate`], also returning for each step the step whose end fixed its start (a
+/// predecessor, or the previous step on its device), which traces the critical chain.
+#[allow(clippy::type_complexity)]
+fn evaluate_traced(
+    p: &Problem,
+    assignment: &[usize],
+    priority: &[f64],
+) -> (Schedule, Totals, Vec<Option<usize>>) {
     let n = p.steps.len();
+    let mut blocker: Vec<Option<usize>> = vec![None; n];
+    let mut last_on: Vec<Option<usize>> = vec![None; p.resources.len()];
     let used = used_residencies(p, assignment);
     let loads = load_done(p, &used);
     // A precedence-respecting order: repeatedly take the ready step of lowest priority.
@@ -194,17 +216,26 @@ pub fn evaluate(p: &Problem, assignment: &[usize], priority: &[f64]) -> (Schedul
             .unwrap_or(0);
         let i = ready.swap_remove(k);
         let config = &p.steps[i].configs[assignment[i]];
-        let mut start = p.steps[i]
-            .preds
-            .iter()
-            .map(|&d| schedule.end[d])
-            .fold(0.0, f64::max);
-        if let Some(r) = config.residency {
-            start = start.max(loads[p.residencies[r].resource]);
+        let mut start = 0.0;
+        for &d in &p.steps[i].preds {
+            if schedule.end[d] > start {
+                start = schedule.end[d];
+                blocker[i] = Some(d);
+            }
+        }
+        if let Some(r) = config.residency
+            && loads[p.residencies[r].resource] > start
+        {
+            start = loads[p.residencies[r].resource];
+            blocker[i] = None;
         }
         if let Some(r) = config.resource {
-            start = start.max(free[r]);
+            if free[r] > start {
+                start = free[r];
+                blocker[i] = last_on[r];
+            }
             free[r] = start + config.latency_s;
+            last_on[r] = Some(i);
         }
         schedule.start[i] = start;
         schedule.end[i] = start + config.latency_s;
@@ -228,7 +259,7 @@ pub fn evaluate(p: &Problem, assignment: &[usize], priority: &[f64]) -> (Schedul
         totals.energy_j += p.residencies[r].energy_j;
         totals.cost_usd += p.residencies[r].cost_usd;
     }
-    (schedule, totals)
+    (schedule, totals, blocker)
 }
 
 /// Independently verifies a solution against every constraint of the problem. Returns the
@@ -379,9 +410,9 @@ fn reachability(p: &Problem) -> Vec<Vec<bool>> {
     for &i in &order {
         for &d in &p.steps[i].preds {
             reach[d][i] = true;
-            for a in 0..n {
-                if reach[a][d] {
-                    reach[a][i] = true;
+            for row in reach.iter_mut() {
+                if row[d] {
+                    row[i] = true;
                 }
             }
         }
@@ -400,7 +431,6 @@ pub fn solve(p: &Problem, opts: &Options) -> Result<Solution, SolveError> {
     }
     let n = p.steps.len();
     let reach = reachability(p);
-    let (wl, we, wc) = weights(p);
     let scale = scales(p);
     let horizon = p
         .budget
@@ -414,241 +444,36 @@ pub fn solve(p: &Problem, opts: &Options) -> Result<Solution, SolveError> {
         solver: "highs".into(),
         ..Stats::default()
     };
-    let mut warm: Option<(Vec<usize>, Schedule)> = None;
+    // The best plan known so far, returned if the time limit passes first.
+    let mut warm: Option<(Vec<usize>, Schedule)> =
+        heuristic(p, opts.time_limit_s / 4.0).map(|(a, s, _)| (a, s));
     loop {
         stats.rounds += 1;
         let remaining = opts.time_limit_s - started.elapsed().as_secs_f64();
+        stats.overlap_pairs = pairs.len();
         if remaining <= 0.0 {
             return finish_time_limit(p, warm, stats, started);
         }
-        let mut vars = ProblemVariables::new();
-        let x: Vec<Vec<Variable>> = p
-            .steps
-            .iter()
-            .map(|s| vars.add_vector(variable().binary(), s.configs.len()))
-            .collect();
-        let z = vars.add_vector(variable().binary(), p.residencies.len());
-        let t = vars.add_vector(variable().min(0.0).max(horizon), n);
-        let m = vars.add(variable().min(0.0).max(horizon));
-        let y: Vec<((usize, usize, usize), Variable)> = pairs
-            .iter()
-            .map(|&k| (k, vars.add(variable().binary())))
-            .collect();
-        stats.variables = x.iter().map(Vec::len).sum::<usize>() + z.len() + t.len() + 1 + y.len();
-
-        let energy: Expression = p
-            .steps
-            .iter()
-            .enumerate()
-            .flat_map(|(s, st)| {
-                st.configs
-                    .iter()
-                    .enumerate()
-                    .map(move |(c, cfg)| (s, c, cfg.energy_j))
-            })
-            .map(|(s, c, e)| e * x[s][c])
-            .sum::<Expression>()
-            + p.residencies
-                .iter()
-                .enumerate()
-                .map(|(r, res)| res.energy_j * z[r])
-                .sum::<Expression>();
-        let cost: Expression = p
-            .steps
-            .iter()
-            .enumerate()
-            .flat_map(|(s, st)| {
-                st.configs
-                    .iter()
-                    .enumerate()
-                    .map(move |(c, cfg)| (s, c, cfg.cost_usd))
-            })
-            .map(|(s, c, e)| e * x[s][c])
-            .sum::<Expression>()
-            + p.residencies
-                .iter()
-                .enumerate()
-                .map(|(r, res)| res.cost_usd * z[r])
-                .sum::<Expression>();
-        let objective = wl * m + we * energy.clone() + wc * cost.clone();
-
-        let mut model = vars.minimise(objective).using(highs);
-        let mut constraints = 0usize;
-        let dur = |s: usize| -> Expression {
-            p.steps[s]
-                .configs
-                .iter()
-                .enumerate()
-                .map(|(c, cfg)| cfg.latency_s * x[s][c])
-                .sum()
-        };
-        // Duration of step s if it runs on resource r (0 otherwise).
-        let dur_on = |s: usize, r: usize| -> Expression {
-            p.steps[s]
-                .configs
-                .iter()
-                .enumerate()
-                .filter(|(_, cfg)| cfg.resource == Some(r))
-                .map(|(c, cfg)| cfg.latency_s * x[s][c])
-                .sum()
-        };
-        let on = |s: usize, pick: &dyn Fn(&crate::estimate::Config) -> bool| -> Expression {
-            p.steps[s]
-                .configs
-                .iter()
-                .enumerate()
-                .filter(|(_, cfg)| pick(cfg))
-                .map(|(c, _)| Expression::from(x[s][c]))
-                .sum()
-        };
-
-        for s in 0..n {
-            model = model.with(constraint!(
-                x[s].iter()
-                    .map(|&v| Expression::from(v))
-                    .sum::<Expression>()
-                    == 1.0
-            ));
-            model = model.with(constraint!(m - t[s] - dur(s) >= 0.0));
-            for &d in &p.steps[s].preds {
-                model = model.with(constraint!(t[s] - t[d] - dur(d) >= 0.0));
-                constraints += 1;
-            }
-            for (c, cfg) in p.steps[s].configs.iter().enumerate() {
-                if let Some(r) = cfg.residency {
-                    model = model.with(constraint!(z[r] - x[s][c] >= 0.0));
-                    constraints += 1;
-                }
-            }
-            constraints += 2;
-        }
-        if let Some(e) = p.budget.energy_j {
-            model = model.with(constraint!(energy.clone() <= e));
-            constraints += 1;
-        }
-        if let Some(c) = p.budget.cost_usd {
-            model = model.with(constraint!(cost.clone() <= c));
-            constraints += 1;
-        }
-        for (r, res) in p.resources.iter().enumerate() {
-            let on_r: Vec<usize> = (0..p.residencies.len())
-                .filter(|&k| p.residencies[k].resource == r)
-                .collect();
-            let load: Expression = on_r.iter().map(|&k| p.residencies[k].load_s * z[k]).sum();
-            if let Some(limit) = res.memory_gb {
-                if !on_r.is_empty() {
-                    let mem: Expression = on_r
-                        .iter()
-                        .map(|&k| p.residencies[k].memory_gb * z[k])
-                        .sum();
-                    model = model.with(constraint!(mem <= limit));
-                    constraints += 1;
-                }
-            }
-            if on_r.iter().any(|&k| p.residencies[k].load_s > 0.0) {
-                for s in 0..n {
-                    let u = on(s, &|cfg| {
-                        cfg.residency
-                            .is_some_and(|k| p.residencies[k].resource == r)
+        let (assignment, starts, proven) =
+            match milp_round(p, &pairs, horizon, remaining, &mut stats)? {
+                Round::Solved {
+                    assignment,
+                    starts,
+                    proven,
+                } => (assignment, starts, proven),
+                Round::Infeasible => {
+                    stats.solve_ms = started.elapsed().as_secs_f64() * 1e3;
+                    return Ok(Solution {
+                        assignment: Vec::new(),
+                        schedule: Schedule::default(),
+                        totals: Totals::default(),
+                        objective_value: f64::INFINITY,
+                        status: Status::Infeasible,
+                        stats,
                     });
-                    if p.steps[s].configs.iter().any(|cfg| {
-                        cfg.residency
-                            .is_some_and(|k| p.residencies[k].resource == r)
-                    }) {
-                        model =
-                            model.with(constraint!(t[s] - load.clone() - horizon * u >= -horizon));
-                        constraints += 1;
-                    }
                 }
-            }
-            if res.exclusive {
-                let busy: Expression = (0..n).map(|s| dur_on(s, r)).sum::<Expression>() + load;
-                model = model.with(constraint!(busy - m <= 0.0));
-                constraints += 1;
-            }
-        }
-        for &((i, j, r), yv) in &y {
-            let ui = on(i, &|cfg| cfg.resource == Some(r));
-            let uj = on(j, &|cfg| cfg.resource == Some(r));
-            // y = 1: i before j; y = 0: j before i; relaxed unless both run on r.
-            model = model.with(constraint!(
-                t[j] - t[i] - dur_on(i, r)
-                    + horizon * (1.0 - yv)
-                    + horizon * (2.0 - ui.clone() - uj.clone())
-                    >= 0.0
-            ));
-            model = model.with(constraint!(
-                t[i] - t[j] - dur_on(j, r) + horizon * yv + horizon * (2.0 - ui - uj) >= 0.0
-            ));
-            constraints += 2;
-        }
-        stats.constraints = constraints;
-
-        if let Some((assignment, schedule)) = &warm {
-            let mut init: Vec<(Variable, f64)> = Vec::new();
-            for s in 0..n {
-                for c in 0..x[s].len() {
-                    init.push((x[s][c], f64::from(u8::from(assignment[s] == c))));
-                }
-                init.push((t[s], schedule.start[s]));
-            }
-            let used = used_residencies(p, assignment);
-            for (k, &zv) in z.iter().enumerate() {
-                init.push((zv, f64::from(u8::from(used.contains(&k)))));
-            }
-            init.push((m, schedule.end.iter().copied().fold(0.0, f64::max)));
-            for &((i, j, _), yv) in &y {
-                init.push((
-                    yv,
-                    f64::from(u8::from(schedule.start[i] <= schedule.start[j])),
-                ));
-            }
-            model = model.with_initial_solution(init);
-        }
-        let model = model
-            .set_time_limit(remaining)
-            .set_mip_rel_gap(1e-9)
-            .map_err(|e| SolveError::Solver(e.to_string()))?
-            .set_mip_abs_gap(1e-10)
-            .map_err(|e| SolveError::Solver(e.to_string()))?
-            .set_threads(1);
-        let mut model = model;
-        model.set_verbose(std::env::var_os("JOULE_DEBUG_HIGHS").is_some());
-        let solution = match model.solve() {
-            Ok(s) => s,
-            Err(good_lp::ResolutionError::Infeasible) => {
-                stats.solve_ms = started.elapsed().as_secs_f64() * 1e3;
-                return Ok(Solution {
-                    assignment: Vec::new(),
-                    schedule: Schedule::default(),
-                    totals: Totals::default(),
-                    objective_value: f64::INFINITY,
-                    status: Status::Infeasible,
-                    stats,
-                });
-            }
-            Err(e) => return Err(SolveError::Solver(e.to_string())),
-        };
-        // GapLimit is optimal within the 1e-9 relative gap set above.
-        let proven = !matches!(solution.status(), good_lp::SolutionStatus::TimeLimit);
-        if std::env::var_os("JOULE_DEBUG_HIGHS").is_some() {
-            eprintln!(
-                "DEBUG round {} pairs {} status {:?} t={:?}",
-                stats.rounds,
-                pairs.len(),
-                solution.status(),
-                started.elapsed()
-            );
-        }
-        let assignment: Vec<usize> = x
-            .iter()
-            .map(|xs| {
-                (0..xs.len())
-                    .max_by(|&a, &b| solution.value(xs[a]).total_cmp(&solution.value(xs[b])))
-                    .unwrap_or(0)
-            })
-            .collect();
-        let starts: Vec<f64> = t.iter().map(|&v| solution.value(v)).collect();
+                Round::NoSolution => return finish_time_limit(p, warm, stats, started),
+            };
 
         // Overlaps on exclusive resources in the solver's own schedule.
         let mut new_pairs = Vec::new();
@@ -674,9 +499,14 @@ pub fn solve(p: &Problem, opts: &Options) -> Result<Solution, SolveError> {
             }
         }
         let (schedule, totals) = evaluate(p, &assignment, &starts);
-        if new_pairs.is_empty() {
+        // When latency is only a tie-breaker, the schedule cannot change the primary objective:
+        // if the relaxation's assignment, list-scheduled, meets every budget, its primary value
+        // is the relaxation's, a lower bound for the full model, so it is optimal. Only the
+        // latency tie-break is then best effort rather than proven.
+        let settled =
+            p.objective != Objective::Latency && budget_violations(&p.budget, &totals).is_empty();
+        if new_pairs.is_empty() || settled {
             stats.solve_ms = started.elapsed().as_secs_f64() * 1e3;
-            stats.overlap_pairs = pairs.len();
             return Ok(Solution {
                 objective_value: objective_value(p, &totals),
                 assignment,
@@ -690,13 +520,259 @@ pub fn solve(p: &Problem, opts: &Options) -> Result<Solution, SolveError> {
                 stats,
             });
         }
-        // The list schedule of this assignment serialises the overlaps: a warm start for the
-        // next round whenever it still meets the SLO.
-        if budget_violations(&p.budget, &totals).is_empty() {
+        // A primal heuristic for when the SLO binds: the relaxation solved with a tighter SLO
+        // leaves room for the serialisation its list schedule adds, so its plan often fits
+        // the real SLO; it becomes the fallback while the exact rounds go on.
+        if stats.rounds == 1 && warm.is_none() {
+            for factor in [0.9, 0.75, 0.6] {
+                let budget = (opts.time_limit_s - started.elapsed().as_secs_f64()) / 4.0;
+                if budget <= 0.0 {
+                    break;
+                }
+                let mut scratch = Stats::default();
+                if let Round::Solved {
+                    assignment, starts, ..
+                } = milp_round(p, &BTreeSet::new(), horizon * factor, budget, &mut scratch)?
+                {
+                    let (schedule, totals) = evaluate(p, &assignment, &starts);
+                    if budget_violations(&p.budget, &totals).is_empty() {
+                        warm = Some((assignment, schedule));
+                        break;
+                    }
+                }
+            }
+        }
+        // The list schedule of this assignment serialises the overlaps: the fallback plan
+        // whenever it meets the budgets and beats the one known.
+        let better = warm.as_ref().is_none_or(|(a, sch)| {
+            let (_, known) = evaluate(p, a, &sch.start);
+            objective_value(p, &totals) < objective_value(p, &known)
+        });
+        if better && budget_violations(&p.budget, &totals).is_empty() {
             warm = Some((assignment, schedule));
         }
         pairs.extend(new_pairs);
     }
+}
+
+/// What one MILP solve gave.
+enum Round {
+    Solved {
+        assignment: Vec<usize>,
+        starts: Vec<f64>,
+        proven: bool,
+    },
+    Infeasible,
+    /// The time limit passed before the solver found any plan.
+    NoSolution,
+}
+
+/// Builds and solves the MILP with the given no-overlap pairs, all times within `horizon`
+/// (the SLO when there is one, with a little slack).
+fn milp_round(
+    p: &Problem,
+    pairs: &BTreeSet<(usize, usize, usize)>,
+    horizon: f64,
+    remaining: f64,
+    stats: &mut Stats,
+) -> Result<Round, SolveError> {
+    let n = p.steps.len();
+    let (wl, we, wc) = weights(p);
+    let mut vars = ProblemVariables::new();
+    let x: Vec<Vec<Variable>> = p
+        .steps
+        .iter()
+        .map(|s| vars.add_vector(variable().binary(), s.configs.len()))
+        .collect();
+    let z = vars.add_vector(variable().binary(), p.residencies.len());
+    let t = vars.add_vector(variable().min(0.0).max(horizon), n);
+    let m = vars.add(variable().min(0.0).max(horizon));
+    let y: Vec<((usize, usize, usize), Variable)> = pairs
+        .iter()
+        .map(|&k| (k, vars.add(variable().binary())))
+        .collect();
+    stats.variables = x.iter().map(Vec::len).sum::<usize>() + z.len() + t.len() + 1 + y.len();
+
+    let energy: Expression = p
+        .steps
+        .iter()
+        .enumerate()
+        .flat_map(|(s, st)| {
+            st.configs
+                .iter()
+                .enumerate()
+                .map(move |(c, cfg)| (s, c, cfg.energy_j))
+        })
+        .map(|(s, c, e)| e * x[s][c])
+        .sum::<Expression>()
+        + p.residencies
+            .iter()
+            .enumerate()
+            .map(|(r, res)| res.energy_j * z[r])
+            .sum::<Expression>();
+    let cost: Expression = p
+        .steps
+        .iter()
+        .enumerate()
+        .flat_map(|(s, st)| {
+            st.configs
+                .iter()
+                .enumerate()
+                .map(move |(c, cfg)| (s, c, cfg.cost_usd))
+        })
+        .map(|(s, c, e)| e * x[s][c])
+        .sum::<Expression>()
+        + p.residencies
+            .iter()
+            .enumerate()
+            .map(|(r, res)| res.cost_usd * z[r])
+            .sum::<Expression>();
+    let objective = wl * m + we * energy.clone() + wc * cost.clone();
+
+    let mut model = vars.minimise(objective).using(highs);
+    let mut constraints = 0usize;
+    let dur = |s: usize| -> Expression {
+        p.steps[s]
+            .configs
+            .iter()
+            .enumerate()
+            .map(|(c, cfg)| cfg.latency_s * x[s][c])
+            .sum()
+    };
+    // Duration of step s if it runs on resource r (0 otherwise).
+    let dur_on = |s: usize, r: usize| -> Expression {
+        p.steps[s]
+            .configs
+            .iter()
+            .enumerate()
+            .filter(|(_, cfg)| cfg.resource == Some(r))
+            .map(|(c, cfg)| cfg.latency_s * x[s][c])
+            .sum()
+    };
+    let on = |s: usize, pick: &dyn Fn(&crate::estimate::Config) -> bool| -> Expression {
+        p.steps[s]
+            .configs
+            .iter()
+            .enumerate()
+            .filter(|(_, cfg)| pick(cfg))
+            .map(|(c, _)| Expression::from(x[s][c]))
+            .sum()
+    };
+
+    for s in 0..n {
+        model = model.with(constraint!(
+            x[s].iter()
+                .map(|&v| Expression::from(v))
+                .sum::<Expression>()
+                == 1.0
+        ));
+        model = model.with(constraint!(m - t[s] - dur(s) >= 0.0));
+        for &d in &p.steps[s].preds {
+            model = model.with(constraint!(t[s] - t[d] - dur(d) >= 0.0));
+            constraints += 1;
+        }
+        for (c, cfg) in p.steps[s].configs.iter().enumerate() {
+            if let Some(r) = cfg.residency {
+                model = model.with(constraint!(z[r] - x[s][c] >= 0.0));
+                constraints += 1;
+            }
+        }
+        constraints += 2;
+    }
+    if let Some(e) = p.budget.energy_j {
+        model = model.with(constraint!(energy.clone() <= e));
+        constraints += 1;
+    }
+    if let Some(c) = p.budget.cost_usd {
+        model = model.with(constraint!(cost.clone() <= c));
+        constraints += 1;
+    }
+    for (r, res) in p.resources.iter().enumerate() {
+        let on_r: Vec<usize> = (0..p.residencies.len())
+            .filter(|&k| p.residencies[k].resource == r)
+            .collect();
+        let load: Expression = on_r.iter().map(|&k| p.residencies[k].load_s * z[k]).sum();
+        if let Some(limit) = res.memory_gb
+            && !on_r.is_empty()
+        {
+            let mem: Expression = on_r
+                .iter()
+                .map(|&k| p.residencies[k].memory_gb * z[k])
+                .sum();
+            model = model.with(constraint!(mem <= limit));
+            constraints += 1;
+        }
+        if on_r.iter().any(|&k| p.residencies[k].load_s > 0.0) {
+            for (s, &ts) in t.iter().enumerate() {
+                let u = on(s, &|cfg| {
+                    cfg.residency
+                        .is_some_and(|k| p.residencies[k].resource == r)
+                });
+                if p.steps[s].configs.iter().any(|cfg| {
+                    cfg.residency
+                        .is_some_and(|k| p.residencies[k].resource == r)
+                }) {
+                    model = model.with(constraint!(ts - load.clone() - horizon * u >= -horizon));
+                    constraints += 1;
+                }
+            }
+        }
+        if res.exclusive {
+            let busy: Expression = (0..n).map(|s| dur_on(s, r)).sum::<Expression>() + load;
+            model = model.with(constraint!(busy - m <= 0.0));
+            constraints += 1;
+        }
+    }
+    for &((i, j, r), yv) in &y {
+        let ui = on(i, &|cfg| cfg.resource == Some(r));
+        let uj = on(j, &|cfg| cfg.resource == Some(r));
+        // y = 1: i before j; y = 0: j before i; relaxed unless both run on r.
+        model = model.with(constraint!(
+            t[j] - t[i] - dur_on(i, r)
+                + horizon * (1.0 - yv)
+                + horizon * (2.0 - ui.clone() - uj.clone())
+                >= 0.0
+        ));
+        model = model.with(constraint!(
+            t[i] - t[j] - dur_on(j, r) + horizon * yv + horizon * (2.0 - ui - uj) >= 0.0
+        ));
+        constraints += 2;
+    }
+    stats.constraints = constraints;
+
+    // No MIP start: HiGHS 1.16 through good_lp returned the start's values instead of the
+    // better solution it reported when presolve reduced the model to nothing, so a start
+    // could silently replace the optimum. The heuristic is kept as the time-limit fallback.
+    let model = model
+        .set_time_limit(remaining)
+        .set_mip_rel_gap(1e-9)
+        .map_err(|e| SolveError::Solver(e.to_string()))?
+        .set_mip_abs_gap(1e-10)
+        .map_err(|e| SolveError::Solver(e.to_string()))?
+        .set_threads(1);
+    let solution = match model.solve() {
+        Ok(s) => s,
+        Err(good_lp::ResolutionError::Infeasible) => return Ok(Round::Infeasible),
+        // The time limit passed before the solver found any plan of its own.
+        Err(good_lp::ResolutionError::Other("NoSolutionFound")) => return Ok(Round::NoSolution),
+        Err(e) => return Err(SolveError::Solver(e.to_string())),
+    };
+    // GapLimit is optimal within the 1e-9 relative gap set above.
+    let proven = !matches!(solution.status(), good_lp::SolutionStatus::TimeLimit);
+    let assignment: Vec<usize> = x
+        .iter()
+        .map(|xs| {
+            (0..xs.len())
+                .max_by(|&a, &b| solution.value(xs[a]).total_cmp(&solution.value(xs[b])))
+                .unwrap_or(0)
+        })
+        .collect();
+    let starts: Vec<f64> = t.iter().map(|&v| solution.value(v)).collect();
+    Ok(Round::Solved {
+        assignment,
+        starts,
+        proven,
+    })
 }
 
 fn finish_time_limit(
@@ -722,6 +798,86 @@ fn finish_time_limit(
             "the time limit passed before any plan was found".into(),
         )),
     }
+}
+
+/// A fast feasible answer, used to warm-start the MILP and as its fallback when the time
+/// limit passes before it finds a plan: start from each step's best config for the objective,
+/// then, while the list schedule misses the SLO, move the step on the critical chain whose
+/// faster config costs the least objective per second saved.
+pub fn heuristic(p: &Problem, time_limit_s: f64) -> Option<(Vec<usize>, Schedule, Totals)> {
+    let started = Instant::now();
+    let key = |c: &crate::estimate::Config| match p.objective {
+        Objective::Energy => c.energy_j,
+        Objective::Cost => c.cost_usd,
+        Objective::Latency => c.latency_s,
+    };
+    let mut assignment: Vec<usize> = p
+        .steps
+        .iter()
+        .map(|s| {
+            (0..s.configs.len())
+                .min_by(|&a, &b| key(&s.configs[a]).total_cmp(&key(&s.configs[b])))
+                .unwrap_or(0)
+        })
+        .collect();
+    if !fits_memory(p, &assignment) {
+        return None;
+    }
+    let order: Vec<f64> = (0..p.steps.len()).map(|i| i as f64).collect();
+    let limit = p.steps.iter().map(|s| s.configs.len()).sum::<usize>() + 1;
+    for _ in 0..limit {
+        if started.elapsed().as_secs_f64() > time_limit_s {
+            return None;
+        }
+        let (schedule, totals, blocker) = evaluate_traced(p, &assignment, &order);
+        if budget_violations(&p.budget, &totals).is_empty() {
+            return Some((assignment, schedule, totals));
+        }
+        let slo = p.budget.latency_s?;
+        if totals.latency_s <= slo {
+            return None; // an energy or cost budget is broken: no cheap repair
+        }
+        // The critical chain: back from the last step along what held each one up.
+        let mut critical = vec![false; p.steps.len()];
+        let mut cursor =
+            (0..p.steps.len()).max_by(|&a, &b| schedule.end[a].total_cmp(&schedule.end[b]));
+        while let Some(i) = cursor {
+            critical[i] = true;
+            cursor = blocker[i];
+        }
+        // Try every other config of every step on the chain, list-scheduled for real (a
+        // "faster" config can be slower once its device is contended), and take the move that
+        // shortens the run at the least objective per second saved.
+        let mut best: Option<(f64, usize, usize)> = None;
+        for (i, step) in p.steps.iter().enumerate().filter(|(i, _)| critical[*i]) {
+            let cur = &step.configs[assignment[i]];
+            for (c, cfg) in step.configs.iter().enumerate() {
+                if c == assignment[i] {
+                    continue;
+                }
+                let mut trial = assignment.clone();
+                trial[i] = c;
+                if !fits_memory(p, &trial) {
+                    continue;
+                }
+                let (_, t) = evaluate(p, &trial, &order);
+                let saved = totals.latency_s - t.latency_s;
+                if saved <= TOLERANCE * (1.0 + totals.latency_s) {
+                    continue;
+                }
+                let ratio = (key(cfg) - key(cur)) / saved;
+                if best.is_none_or(|b| ratio < b.0) {
+                    best = Some((ratio, i, c));
+                }
+            }
+            if started.elapsed().as_secs_f64() > time_limit_s {
+                return None;
+            }
+        }
+        let (_, i, c) = best?;
+        assignment[i] = c;
+    }
+    None
 }
 
 /// The baselines joule is compared against.
@@ -837,22 +993,22 @@ pub fn exhaustive(p: &Problem) -> Option<Solution> {
     loop {
         if !fits_memory(p, &assignment) {
             // Skip: the models it needs do not fit on their devices together.
-        } else if let Some((schedule, totals)) = best_schedule(p, &assignment) {
-            if budget_violations(&p.budget, &totals).is_empty() {
-                let value = objective_value(p, &totals);
-                if best.as_ref().is_none_or(|b| value < b.objective_value) {
-                    best = Some(Solution {
-                        assignment: assignment.clone(),
-                        schedule,
-                        totals,
-                        objective_value: value,
-                        status: Status::Optimal,
-                        stats: Stats {
-                            solver: "exhaustive".into(),
-                            ..Stats::default()
-                        },
-                    });
-                }
+        } else if let Some((schedule, totals)) = best_schedule(p, &assignment)
+            && budget_violations(&p.budget, &totals).is_empty()
+        {
+            let value = objective_value(p, &totals);
+            if best.as_ref().is_none_or(|b| value < b.objective_value) {
+                best = Some(Solution {
+                    assignment: assignment.clone(),
+                    schedule,
+                    totals,
+                    objective_value: value,
+                    status: Status::Optimal,
+                    stats: Stats {
+                        solver: "exhaustive".into(),
+                        ..Stats::default()
+                    },
+                });
             }
         }
         // Next assignment, odometer style.

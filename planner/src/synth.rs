@@ -74,3 +74,124 @@ pub fn layered_workflow(steps: usize, width: usize, seed: u64) -> String {
     );
     out
 }
+
+/// A placement problem of `steps` steps in layers of `width` (each reading one to three steps
+/// of earlier layers) with six configs per step: three model sizes on two one-at-a-time
+/// devices, a slow frugal one and a fast power-hungry one, with figures shaped like the
+/// reference profile's. `slo_factor` sets the SLO relative to a lower bound on the makespan:
+/// the longer of the critical path and the total work spread over both devices, each step on
+/// its fastest config, plus the longest load (`None`: no SLO).
+pub fn problem(
+    steps: usize,
+    width: usize,
+    seed: u64,
+    slo_factor: Option<f64>,
+) -> crate::estimate::Problem {
+    use crate::estimate::{Config, Problem, Residency, Resource, StepChoices};
+    use crate::figure::Source;
+    let mut rng = Rng::new(seed);
+    let width = width.max(1);
+    let resources = vec![
+        Resource {
+            name: "cpu".into(),
+            exclusive: true,
+            memory_gb: Some(24.0),
+        },
+        Resource {
+            name: "cuda:0".into(),
+            exclusive: true,
+            memory_gb: Some(80.0),
+        },
+    ];
+    // (decode tokens/s, power W, load s, memory GB, quality) per (model, device).
+    let figures = [
+        [(23.5, 20.0, 0.5, 0.2, 0.4), (400.0, 400.0, 1.0, 0.5, 0.4)],
+        [(9.1, 20.0, 2.5, 0.7, 0.55), (300.0, 400.0, 1.5, 1.0, 0.55)],
+        [(14.3, 20.0, 6.8, 1.5, 0.7), (200.0, 400.0, 2.5, 2.0, 0.7)],
+    ];
+    let hourly = [0.02, 2.5];
+    let mut residencies = Vec::new();
+    for model in &figures {
+        for (d, f) in model.iter().enumerate() {
+            residencies.push(Residency {
+                model: format!("m{}", residencies.len() / 2),
+                resource: d,
+                load_s: f.2,
+                energy_j: f.1 * f.2,
+                cost_usd: hourly[d] * f.2 / 3600.0,
+                memory_gb: f.3,
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(steps);
+    let mut fastest_end = vec![0.0f64; steps];
+    for i in 0..steps {
+        let layer = i / width;
+        let mut preds = Vec::new();
+        if layer > 0 {
+            for _ in 0..1 + rng.below(3) {
+                let d = rng.below(layer * width);
+                if !preds.contains(&d) {
+                    preds.push(d);
+                }
+            }
+        }
+        let tokens = 16.0 + rng.below(240) as f64;
+        let mut configs = Vec::with_capacity(6);
+        for (m, model) in figures.iter().enumerate() {
+            for (d, f) in model.iter().enumerate() {
+                let latency = tokens / f.0;
+                configs.push(Config {
+                    model: Some(format!("m{m}")),
+                    device: resources[d].name.clone(),
+                    resource: Some(d),
+                    residency: Some(m * 2 + d),
+                    latency_s: latency,
+                    energy_j: f.1 * latency,
+                    cost_usd: hourly[d] * latency / 3600.0 + f.1 * latency * 0.15 / 3.6e6,
+                    quality: Some(f.4),
+                    calls: 1,
+                    tokens_in: tokens,
+                    tokens_out: tokens,
+                    source: Source::Estimate,
+                });
+            }
+        }
+        let fastest = configs
+            .iter()
+            .map(|c| c.latency_s)
+            .fold(f64::INFINITY, f64::min);
+        fastest_end[i] = preds.iter().map(|&d| fastest_end[d]).fold(0.0, f64::max) + fastest;
+        out.push(StepChoices {
+            id: format!("s{i}"),
+            configs,
+            preds,
+            excluded: Vec::new(),
+        });
+    }
+    let work: f64 = out
+        .iter()
+        .map(|s| {
+            s.configs
+                .iter()
+                .map(|c| c.latency_s)
+                .fold(f64::INFINITY, f64::min)
+        })
+        .sum();
+    let critical = fastest_end
+        .iter()
+        .copied()
+        .fold(0.0, f64::max)
+        .max(work / 2.0)
+        + 6.8;
+    Problem {
+        steps: out,
+        resources,
+        residencies,
+        budget: crate::spec::Budget {
+            latency_s: slo_factor.map(|f| f * critical),
+            ..Default::default()
+        },
+        objective: crate::spec::Objective::Energy,
+    }
+}

@@ -1,0 +1,134 @@
+//! The latency / energy / cost trade-off of a workflow: plans at a sweep of SLOs from the
+//! fastest possible run to the SLO at which the objective stops improving, so an operator can
+//! see what each second of latency costs in joules and dollars.
+
+use std::fmt::Write;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::estimate::Problem;
+use crate::solve::{self, Options, Status};
+use crate::spec::Objective;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub slo_s: f64,
+    pub feasible: bool,
+    pub latency_s: f64,
+    pub energy_j: f64,
+    pub cost_usd: f64,
+}
+
+/// Plans at `points` SLOs between the fastest run and the unconstrained optimum's latency.
+pub fn sweep(p: &Problem, points: usize, opts: &Options) -> Result<Vec<Point>, solve::SolveError> {
+    let with = |objective: Objective, slo: Option<f64>| {
+        let mut q = p.clone();
+        q.objective = objective;
+        q.budget.latency_s = slo;
+        solve::solve(&q, opts)
+    };
+    let fastest = with(Objective::Latency, None)?;
+    let free = with(p.objective, None)?;
+    if fastest.status == Status::Infeasible || free.status == Status::Infeasible {
+        return Ok(Vec::new());
+    }
+    let (lo, hi) = (
+        fastest.totals.latency_s,
+        free.totals.latency_s.max(fastest.totals.latency_s),
+    );
+    let points = points.max(2);
+    let mut out = Vec::with_capacity(points);
+    for k in 0..points {
+        let slo = lo + (hi - lo) * k as f64 / (points - 1) as f64;
+        // The first point is exactly the fastest run; give it the solver's tolerance.
+        let slo = if k == 0 {
+            slo * (1.0 + 1e-9) + 1e-9
+        } else {
+            slo
+        };
+        let s = with(p.objective, Some(slo))?;
+        out.push(Point {
+            slo_s: slo,
+            feasible: s.status != Status::Infeasible,
+            latency_s: s.totals.latency_s,
+            energy_j: s.totals.energy_j,
+            cost_usd: s.totals.cost_usd,
+        });
+    }
+    Ok(out)
+}
+
+pub fn csv(points: &[Point]) -> String {
+    let mut out = String::from("slo_s,feasible,latency_s,energy_j,cost_usd\n");
+    for p in points {
+        let _ = writeln!(
+            out,
+            "{:.6},{},{:.6},{:.6},{:.9}",
+            p.slo_s, p.feasible, p.latency_s, p.energy_j, p.cost_usd
+        );
+    }
+    out
+}
+
+/// Two panels, energy (J) and cost (USD) against the predicted latency (s).
+pub fn svg(points: &[Point], title: &str) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let root = root
+            .titled(title, ("sans-serif", 20))
+            .map_err(|e| e.to_string())?;
+        let panels = root.split_evenly((2, 1));
+        let feasible: Vec<&Point> = points.iter().filter(|p| p.feasible).collect();
+        let (x0, x1) = bounds(feasible.iter().map(|p| p.latency_s));
+        type Series = (&'static str, fn(&Point) -> f64, RGBColor);
+        let series: [Series; 2] = [
+            ("energy (J, estimate)", |p| p.energy_j, RED),
+            ("cost (USD)", |p| p.cost_usd, BLUE),
+        ];
+        for (panel, (label, value, color)) in panels.iter().zip(series) {
+            let (y0, y1) = bounds(feasible.iter().map(|p| value(p)));
+            let mut chart = ChartBuilder::on(panel)
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(70)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_desc("predicted latency (s)")
+                .y_desc(label)
+                .draw()
+                .map_err(|e| e.to_string())?;
+            chart
+                .draw_series(LineSeries::new(
+                    feasible.iter().map(|p| (p.latency_s, value(p))),
+                    color,
+                ))
+                .map_err(|e| e.to_string())?;
+            chart
+                .draw_series(
+                    feasible
+                        .iter()
+                        .map(|p| Circle::new((p.latency_s, value(p)), 4, color.filled())),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// A plotting range around some values, never empty.
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.1).max(hi.abs() * 0.05).max(1e-9);
+    (lo - pad, hi + pad)
+}
