@@ -10,7 +10,7 @@ deps:
 build: deps
 	$(CARGO) build --locked
 
-## Validate every example workflow, print its compiled DAG, and draw one.
+## Validate every example workflow, draw one, and plan them on this machine.
 demo: build
 	@echo "== joule validate workflows/*.yaml"
 	@$(JOULE) validate workflows/*.yaml
@@ -18,8 +18,14 @@ demo: build
 	@echo "== joule graph --format mermaid workflows/ticket-triage.yaml"
 	@$(JOULE) graph --format mermaid workflows/ticket-triage.yaml
 	@echo
-	@echo "== joule validate --json workflows/research-report.yaml"
-	@$(JOULE) validate --json workflows/research-report.yaml
+	@echo "== joule plan workflows/ticket-triage.yaml (this machine: cpu)"
+	@$(JOULE) plan workflows/ticket-triage.yaml
+	@echo
+	@echo "== joule plan workflows/research-report.yaml --devices cpu,cuda:0 --slo 1m (what-if: a GPU)"
+	@$(JOULE) plan workflows/research-report.yaml --devices cpu,cuda:0 --slo 1m
+	@echo
+	@echo "== joule plan workflows/research-report.yaml --baseline static"
+	@$(JOULE) plan workflows/research-report.yaml --baseline static
 
 ## Formatting, lints, and every test of the workspace.
 test: deps lint

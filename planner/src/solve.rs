@@ -593,40 +593,31 @@ fn milp_round(
         .collect();
     stats.variables = x.iter().map(Vec::len).sum::<usize>() + z.len() + t.len() + 1 + y.len();
 
-    let energy: Expression = p
-        .steps
-        .iter()
-        .enumerate()
-        .flat_map(|(s, st)| {
-            st.configs
-                .iter()
-                .enumerate()
-                .map(move |(c, cfg)| (s, c, cfg.energy_j))
-        })
-        .map(|(s, c, e)| e * x[s][c])
-        .sum::<Expression>()
-        + p.residencies
+    // A total over the chosen configs and the loaded models, as a linear expression.
+    let total = |config: fn(&crate::estimate::Config) -> f64,
+                 load: fn(&crate::estimate::Residency) -> f64| {
+        let steps: Expression = p
+            .steps
             .iter()
             .enumerate()
-            .map(|(r, res)| res.energy_j * z[r])
-            .sum::<Expression>();
-    let cost: Expression = p
-        .steps
-        .iter()
-        .enumerate()
-        .flat_map(|(s, st)| {
-            st.configs
-                .iter()
-                .enumerate()
-                .map(move |(c, cfg)| (s, c, cfg.cost_usd))
-        })
-        .map(|(s, c, e)| e * x[s][c])
-        .sum::<Expression>()
-        + p.residencies
+            .flat_map(|(s, st)| {
+                st.configs
+                    .iter()
+                    .enumerate()
+                    .map(move |(c, cfg)| (s, c, config(cfg)))
+            })
+            .map(|(s, c, v)| v * x[s][c])
+            .sum();
+        let loads: Expression = p
+            .residencies
             .iter()
             .enumerate()
-            .map(|(r, res)| res.cost_usd * z[r])
-            .sum::<Expression>();
+            .map(|(r, res)| load(res) * z[r])
+            .sum();
+        steps + loads
+    };
+    let energy = total(|c| c.energy_j, |r| r.energy_j);
+    let cost = total(|c| c.cost_usd, |r| r.cost_usd);
     let objective = wl * m + we * energy.clone() + wc * cost.clone();
 
     let mut model = vars.minimise(objective).using(highs);
