@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use joule_planner::{CompileContext, render};
+use joule_planner::render;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Format {
@@ -21,7 +21,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> miette::Result<ExitCode> {
-    match joule_planner::load(&args.file, &CompileContext::default()) {
+    let ctx = joule_planner::catalog::Catalog::builtin().compile_context();
+    match joule_planner::load(&args.file, &ctx) {
         Ok(dag) => {
             print!(
                 "{}",

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use joule_planner::{CompileContext, Dag, SpecError};
+use joule_planner::{Dag, SpecError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,7 +16,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> miette::Result<ExitCode> {
-    let ctx = CompileContext::default();
+    // Pins are checked against the built-in catalog, as `joule plan` will check them.
+    let ctx = joule_planner::catalog::Catalog::builtin().compile_context();
     let mut all_valid = true;
     for path in &args.files {
         let result = joule_planner::load(path, &ctx);

@@ -243,3 +243,12 @@ fn several_errors_are_reported_together() {
         "{err}"
     );
 }
+
+#[test]
+fn model_pin_outside_the_catalog() {
+    check(
+        "model_not_in_catalog",
+        "name: t\nsteps:\n  a:\n    prompt: hi\n    model: smollm2-135\n",
+        "5:12",
+    );
+}
