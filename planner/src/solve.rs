@@ -523,7 +523,7 @@ pub fn solve(p: &Problem, opts: &Options) -> Result<Solution, SolveError> {
         // A primal heuristic for when the SLO binds: the relaxation solved with a tighter SLO
         // leaves room for the serialisation its list schedule adds, so its plan often fits
         // the real SLO; it becomes the fallback while the exact rounds go on.
-        if stats.rounds == 1 && warm.is_none() {
+        if stats.rounds == 1 {
             for factor in [0.9, 0.75, 0.6] {
                 let budget = (opts.time_limit_s - started.elapsed().as_secs_f64()) / 4.0;
                 if budget <= 0.0 {
@@ -534,9 +534,11 @@ pub fn solve(p: &Problem, opts: &Options) -> Result<Solution, SolveError> {
                     assignment, starts, ..
                 } = milp_round(p, &BTreeSet::new(), horizon * factor, budget, &mut scratch)?
                 {
-                    let (schedule, totals) = evaluate(p, &assignment, &starts);
-                    if budget_violations(&p.budget, &totals).is_empty() {
-                        warm = Some((assignment, schedule));
+                    let (schedule, tighter) = evaluate(p, &assignment, &starts);
+                    if budget_violations(&p.budget, &tighter).is_empty() {
+                        if improves(p, &warm, &tighter) {
+                            warm = Some((assignment, schedule));
+                        }
                         break;
                     }
                 }
@@ -544,11 +546,7 @@ pub fn solve(p: &Problem, opts: &Options) -> Result<Solution, SolveError> {
         }
         // The list schedule of this assignment serialises the overlaps: the fallback plan
         // whenever it meets the budgets and beats the one known.
-        let better = warm.as_ref().is_none_or(|(a, sch)| {
-            let (_, known) = evaluate(p, a, &sch.start);
-            objective_value(p, &totals) < objective_value(p, &known)
-        });
-        if better && budget_violations(&p.budget, &totals).is_empty() {
+        if improves(p, &warm, &totals) && budget_violations(&p.budget, &totals).is_empty() {
             warm = Some((assignment, schedule));
         }
         pairs.extend(new_pairs);
@@ -763,6 +761,14 @@ fn milp_round(
         assignment,
         starts,
         proven,
+    })
+}
+
+/// Whether totals beat the fallback plan known so far (or there is none).
+fn improves(p: &Problem, known: &Option<(Vec<usize>, Schedule)>, totals: &Totals) -> bool {
+    known.as_ref().is_none_or(|(a, sch)| {
+        let (_, k) = evaluate(p, a, &sch.start);
+        objective_value(p, totals) < objective_value(p, &k)
     })
 }
 

@@ -4,6 +4,12 @@
 //! budget that is silently a thousand times off is worse than an error.
 
 /// Parses `500ms`, `30s`, `1.5m`, `2h` (also `1m30s`) into seconds.
+///
+/// ```
+/// use joule_planner::spec::units::parse_duration;
+/// assert_eq!(parse_duration("1m30s"), Ok(90.0));
+/// assert!(parse_duration("30").is_err(), "a bare number has no unit");
+/// ```
 pub fn parse_duration(text: &str) -> Result<f64, String> {
     let total = parse_sum(
         text,
