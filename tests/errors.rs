@@ -252,3 +252,12 @@ fn model_pin_outside_the_catalog() {
         "5:12",
     );
 }
+
+#[test]
+fn policy_names_an_unknown_provider() {
+    check(
+        "unknown_provider",
+        "name: t\npolicy: { providers: [local, opneai] }\nsteps:\n  a: { prompt: hi }\n",
+        "2:30",
+    );
+}

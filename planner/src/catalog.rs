@@ -174,6 +174,7 @@ impl Catalog {
     pub fn compile_context(&self) -> crate::dag::CompileContext {
         crate::dag::CompileContext {
             models: Some(self.models.iter().map(|m| m.id.clone()).collect()),
+            endpoints: Some(self.endpoints.iter().map(|e| e.name.clone()).collect()),
         }
     }
 }

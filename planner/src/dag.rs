@@ -41,6 +41,8 @@ pub struct Edge {
 pub struct CompileContext {
     /// The catalog's model ids, when a catalog is loaded.
     pub models: Option<BTreeSet<String>>,
+    /// The catalog's endpoint names, when a catalog is loaded.
+    pub endpoints: Option<BTreeSet<String>>,
 }
 
 /// A compiled workflow: steps are nodes (node index = index in `workflow.steps`), edges point
@@ -158,6 +160,7 @@ pub fn compile_with(workflow: Workflow, ctx: &CompileContext) -> Result<Dag, Vec
         c.step(i);
         c.policy(i, ctx);
     }
+    c.providers(ctx);
     c.outputs();
     let Compiler {
         mut errors, edges, ..
@@ -596,6 +599,44 @@ impl Compiler<'_> {
             format!("template syntax error: {}", e.message),
             "templates use minijinja (Jinja2) syntax: `{{ expression }}`, `{% for x in xs %}...{% endfor %}`".into(),
         );
+    }
+
+    /// Providers and models the policy names must exist, or the policy silently allows less
+    /// than its author thinks.
+    fn providers(&mut self, ctx: &CompileContext) {
+        let source = self.file.text();
+        let policy_at = source.find("policy:").unwrap_or(0);
+        if let Some(endpoints) = &ctx.endpoints {
+            for p in &self.workflow.policy.providers {
+                if p != LOCAL_PROVIDER && !endpoints.contains(p) {
+                    let offset = template::locate(source, policy_at, p).unwrap_or(policy_at);
+                    let mut known: Vec<&str> = vec![LOCAL_PROVIDER];
+                    known.extend(endpoints.iter().map(String::as_str));
+                    self.err(
+                        offset,
+                        p.len(),
+                        ErrorCode::Policy,
+                        format!("provider `{p}` is neither `local` nor a catalog endpoint"),
+                        suggest(p, "provider", &known),
+                    );
+                }
+            }
+        }
+        if let (Some(models), Some(allowed)) = (&ctx.models, &self.workflow.policy.models) {
+            for m in allowed {
+                if !models.contains(m) {
+                    let offset = template::locate(source, policy_at, m).unwrap_or(policy_at);
+                    let names: Vec<&str> = models.iter().map(String::as_str).collect();
+                    self.err(
+                        offset,
+                        m.len(),
+                        ErrorCode::Policy,
+                        format!("`policy.models` names `{m}`, which is not in the catalog"),
+                        suggest(m, "model", &names),
+                    );
+                }
+            }
+        }
     }
 
     /// A tool or pin the policy or the catalog does not allow.

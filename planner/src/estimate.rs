@@ -307,6 +307,13 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                             });
                         }
                     }
+                    if configs.is_empty() && excluded.is_empty() {
+                        excluded.push(format!(
+                            "no allowed device or endpoint offers a model for it (policy.providers: [{}]; local devices: [{}])",
+                            wf.policy.providers.join(", "),
+                            env.devices.join(", ")
+                        ));
+                    }
                     configs
                 }
                 StepKind::Tool(t) => {

@@ -342,12 +342,17 @@ impl Plan {
                 String::new()
             },
         );
+        let model_label = |s: &PlannedStep| match (&s.model, s.calls) {
+            (Some(m), c) if c > 1 => format!("{m} x{c}"),
+            (Some(m), _) => m.clone(),
+            (None, _) => format!("({})", s.kind),
+        };
         let model_w = self
             .steps
             .iter()
-            .filter_map(|s| s.model.as_ref().map(String::len))
+            .map(|s| model_label(s).len())
             .max()
-            .unwrap_or(1)
+            .unwrap_or(5)
             .max(5);
         let id_w = self
             .steps
@@ -371,11 +376,7 @@ impl Plan {
         let mut order: Vec<&PlannedStep> = self.steps.iter().collect();
         order.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
         for s in order {
-            let model = match (&s.model, s.calls) {
-                (Some(m), c) if c > 1 => format!("{m} x{c}"),
-                (Some(m), _) => m.clone(),
-                (None, _) => format!("({})", s.kind),
-            };
+            let model = model_label(s);
             let _ = writeln!(
                 out,
                 "{:<id_w$}  {:<model_w$}  {:<dev_w$}  {:>8}  {:>8}  {:>10}  {:>10}  {}",
