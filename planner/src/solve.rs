@@ -803,6 +803,82 @@ fn finish_time_limit(
 /// faster config costs the least objective per second saved.
 pub fn heuristic(p: &Problem, time_limit_s: f64) -> Option<(Vec<usize>, Schedule, Totals)> {
     let started = Instant::now();
+    let repaired = repair(p, time_limit_s / 2.0);
+    let descended = descent(p, time_limit_s - started.elapsed().as_secs_f64());
+    [repaired, descended]
+        .into_iter()
+        .flatten()
+        .min_by(|a, b| objective_value(p, &a.2).total_cmp(&objective_value(p, &b.2)))
+}
+
+/// The objective's own figure of one config.
+fn key(p: &Problem, c: &crate::estimate::Config) -> f64 {
+    match p.objective {
+        Objective::Energy => c.energy_j,
+        Objective::Cost => c.cost_usd,
+        Objective::Latency => c.latency_s,
+    }
+}
+
+/// From every step on its fastest config, one pass that moves each step (largest saving first)
+/// to the cheapest config that keeps every budget: slower to improve than [`repair`] but it
+/// finds a feasible plan whenever the all-fastest plan is one.
+fn descent(p: &Problem, time_limit_s: f64) -> Option<(Vec<usize>, Schedule, Totals)> {
+    let started = Instant::now();
+    let order: Vec<f64> = (0..p.steps.len()).map(|i| i as f64).collect();
+    let mut assignment: Vec<usize> = p
+        .steps
+        .iter()
+        .map(|s| {
+            (0..s.configs.len())
+                .min_by(|&a, &b| s.configs[a].latency_s.total_cmp(&s.configs[b].latency_s))
+                .unwrap_or(0)
+        })
+        .collect();
+    let ok = |a: &[usize]| {
+        fits_memory(p, a) && budget_violations(&p.budget, &evaluate(p, a, &order).1).is_empty()
+    };
+    if !ok(&assignment) {
+        return None;
+    }
+    let mut steps: Vec<usize> = (0..p.steps.len()).collect();
+    let saving = |i: usize, a: &[usize]| {
+        let cur = key(p, &p.steps[i].configs[a[i]]);
+        cur - p.steps[i]
+            .configs
+            .iter()
+            .map(|c| key(p, c))
+            .fold(f64::INFINITY, f64::min)
+    };
+    steps.sort_by(|&a, &b| saving(b, &assignment).total_cmp(&saving(a, &assignment)));
+    for i in steps {
+        if started.elapsed().as_secs_f64() > time_limit_s {
+            break;
+        }
+        let mut options: Vec<usize> = (0..p.steps[i].configs.len()).collect();
+        options.sort_by(|&a, &b| {
+            key(p, &p.steps[i].configs[a]).total_cmp(&key(p, &p.steps[i].configs[b]))
+        });
+        for c in options {
+            if key(p, &p.steps[i].configs[c]) >= key(p, &p.steps[i].configs[assignment[i]]) {
+                break;
+            }
+            let mut trial = assignment.clone();
+            trial[i] = c;
+            if ok(&trial) {
+                assignment = trial;
+                break;
+            }
+        }
+    }
+    let (schedule, totals) = evaluate(p, &assignment, &order);
+    Some((assignment, schedule, totals))
+}
+
+/// From every step on its cheapest config, move critical-chain steps to faster configs until
+/// the SLO holds.
+fn repair(p: &Problem, time_limit_s: f64) -> Option<(Vec<usize>, Schedule, Totals)> {
+    let started = Instant::now();
     let key = |c: &crate::estimate::Config| match p.objective {
         Objective::Energy => c.energy_j,
         Objective::Cost => c.cost_usd,

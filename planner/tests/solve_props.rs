@@ -199,3 +199,18 @@ fn regression_warm_start_with_two_loads() {
         milp.assignment, brute.assignment
     );
 }
+
+#[test]
+fn time_limit_still_gives_a_checked_plan_when_the_slo_binds() {
+    // 300 steps on two one-at-a-time devices with a binding SLO: optimality cannot be proven in
+    // a second, but the heuristics' plan must come back, feasible and checked.
+    let p = joule_planner::synth::problem(300, 10, 11, Some(3.0));
+    let s = solve::solve(&p, &Options { time_limit_s: 1.0 }).expect("a plan within the time limit");
+    assert!(
+        matches!(s.status, Status::TimeLimit | Status::Optimal),
+        "{:?}",
+        s.status
+    );
+    let violations = solve::check(&p, &s);
+    assert!(violations.is_empty(), "{violations:?}");
+}
