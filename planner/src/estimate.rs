@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::dag::{Dag, EdgeKind, is_local_device};
+use crate::dag::{Dag, EdgeKind};
 use crate::figure::Source;
 use crate::profile::Profiles;
 use crate::spec::{Budget, InputType, LOCAL_PROVIDER, Objective, StepKind, Workflow};
@@ -491,11 +491,6 @@ fn static_chars(text: &str) -> usize {
         }
     }
     count + rest.chars().count()
-}
-
-/// True when the device name is an endpoint rather than local hardware.
-pub fn is_endpoint(device: &str) -> bool {
-    device != "host" && !is_local_device(device)
 }
 
 #[cfg(test)]

@@ -47,18 +47,6 @@ pub struct Figure {
     pub note: Option<String>,
 }
 
-impl Figure {
-    pub fn estimate(value: f64, note: &str) -> Self {
-        Self {
-            value,
-            source: Source::Estimate,
-            meter: None,
-            n: None,
-            note: Some(note.to_string()),
-        }
-    }
-}
-
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

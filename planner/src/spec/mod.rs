@@ -52,13 +52,6 @@ pub struct Workflow {
     pub source: SourceFile,
 }
 
-impl Workflow {
-    /// The index of a step by name.
-    pub fn step_index(&self, id: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.id == id)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InputType {
