@@ -64,3 +64,18 @@ pub fn print(errors: &[SpecError]) {
         eprintln!("{}", render(e, color));
     }
 }
+
+/// The catalog named on the command line, or the built-in one; `None` after printing why a
+/// named one is unusable.
+pub fn catalog(path: Option<&std::path::Path>) -> Option<joule_planner::catalog::Catalog> {
+    match path {
+        Some(path) => match joule_planner::catalog::Catalog::load(path) {
+            Ok(c) => Some(c),
+            Err(errors) => {
+                print(&errors);
+                None
+            }
+        },
+        None => Some(joule_planner::catalog::Catalog::builtin()),
+    }
+}

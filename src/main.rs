@@ -2,9 +2,13 @@
 //! calls the library crates and prints; no planning or execution logic lives here.
 
 mod diagnostics;
+mod generate;
 mod graph;
+mod models;
 mod plan;
+mod progress;
 mod schema;
+mod serve;
 mod validate;
 
 use std::process::ExitCode;
@@ -29,15 +33,45 @@ enum Command {
     Plan(plan::Args),
     /// Print the JSON Schema of the workflow language.
     Schema,
+    /// List, fetch, locate and verify the catalog's local models.
+    Models(models::Args),
+    /// Run one prompt through a local model.
+    Generate(generate::Args),
+    /// Serve the local models over an OpenAI-compatible HTTP API.
+    Serve(serve::Args),
+}
+
+/// A tokio runtime for the commands that do network work.
+fn runtime() -> miette::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| miette::miette!("cannot start the async runtime: {e}"))
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings, and joule's own info lines).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,joule=info,joule_executor=info")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Graph(args) => graph::run(&args),
         Command::Plan(args) => plan::run(&args),
         Command::Schema => schema::run(),
+        Command::Models(args) => models::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(code) => code,

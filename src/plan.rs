@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use joule_planner::catalog::Catalog;
 use joule_planner::estimate::Environment;
 use joule_planner::plan::{self, PlanError, Request};
 use joule_planner::profile::Profiles;
@@ -81,15 +80,8 @@ fn detected_devices() -> Vec<String> {
 }
 
 pub fn run(args: &Args) -> miette::Result<ExitCode> {
-    let catalog = match &args.catalog {
-        Some(path) => match Catalog::load(path) {
-            Ok(c) => c,
-            Err(errors) => {
-                crate::diagnostics::print(&errors);
-                return Ok(ExitCode::FAILURE);
-            }
-        },
-        None => Catalog::builtin(),
+    let Some(catalog) = crate::diagnostics::catalog(args.catalog.as_deref()) else {
+        return Ok(ExitCode::FAILURE);
     };
     let mut profiles = Profiles::reference();
     for path in &args.profiles {

@@ -1,8 +1,10 @@
-//! The executor runs a [`joule_planner`] plan for real: it schedules steps as their inputs become
-//! ready, calls the backends, meters each step and keeps a durable record.
+//! joule's executor: fetches and runs models, executes plans, meters what each step cost.
 //!
-//! It is deliberately empty until the planner produces plans: the crate exists now so that the
-//! workspace layout, and the dependency direction (executor -> planner, never back), are fixed
-//! from the first commit.
+//! The planner decides; this crate does. It depends on the planner's types and never reaches
+//! back into YAML.
+
+pub mod backend;
+pub mod models;
+pub mod openai;
 
 pub use joule_planner as planner;

@@ -1,0 +1,271 @@
+//! One generation: prompt in, text out, with the timings the planner and the profiler live on.
+
+use std::time::Instant;
+
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use serde::{Deserialize, Serialize};
+
+use super::LocalError;
+use super::chat::Message;
+use super::tokenizer::TextStream;
+
+/// What to generate. Greedy by default, so the same request gives the same answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Either a chat (rendered with the model's template) or raw prompt text.
+    pub prompt: Prompt,
+    pub max_tokens: usize,
+    /// 0 (the default) means greedy decoding.
+    #[serde(default)]
+    pub temperature: f64,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub seed: u64,
+    /// Generation ends before any of these strings; they are not part of the answer.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks measure a fixed number of tokens).
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Prompt {
+    Chat(Vec<Message>),
+    Text(String),
+}
+
+impl Request {
+    pub fn chat(messages: Vec<Message>, max_tokens: usize) -> Self {
+        Self {
+            prompt: Prompt::Chat(messages),
+            max_tokens,
+            temperature: 0.0,
+            top_p: None,
+            seed: 0,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+
+    pub fn text(text: impl Into<String>, max_tokens: usize) -> Self {
+        Self {
+            prompt: Prompt::Text(text.into()),
+            ..Self::chat(Vec::new(), max_tokens)
+        }
+    }
+
+    pub(crate) fn sampling(&self) -> Sampling {
+        if self.temperature <= 0.0 {
+            Sampling::ArgMax
+        } else {
+            match self.top_p {
+                Some(p) if p > 0.0 && p < 1.0 => Sampling::TopP {
+                    p,
+                    temperature: self.temperature,
+                },
+                _ => Sampling::All {
+                    temperature: self.temperature,
+                },
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The caller stopped listening (a closed stream).
+    Cancelled,
+}
+
+/// What a generation produced and how long each phase took (all times from the clock).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Generation {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Seconds from the request reaching the model to the first generated token.
+    pub ttft_s: f64,
+    pub prefill_tokens_per_s: f64,
+    /// Tokens after the first, per second of decoding; 0 when fewer than two were generated.
+    pub decode_tokens_per_s: f64,
+    /// Seconds the generation took, excluding any wait for the model or its loading.
+    pub wall_s: f64,
+    /// Seconds spent loading the model for this request (0 when it was resident).
+    pub load_s: f64,
+    /// Seconds waited for the model while other requests used it.
+    pub queue_s: f64,
+}
+
+/// Whether the caller wants more tokens.
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Finds the earliest stop string in `text`, and how much of the end might still grow into one.
+fn scan_stops(text: &str, stops: &[String]) -> (Option<usize>, usize) {
+    let hit = stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min();
+    let held = stops
+        .iter()
+        .map(|s| {
+            (1..s.len())
+                .rev()
+                .find(|&k| s.is_char_boundary(k) && text.ends_with(&s[..k]))
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    (hit, held)
+}
+
+/// A request turned into tokens and checked against the model's context, before it waits for
+/// the model: a bad request fails at once instead of after its turn in the queue.
+pub struct Prepared {
+    pub tokens: Vec<u32>,
+}
+
+pub(crate) fn prepare(
+    model: &super::LoadedModel,
+    request: &Request,
+) -> Result<Prepared, LocalError> {
+    let prompt_text = match &request.prompt {
+        Prompt::Chat(messages) => model.template.render(messages)?,
+        Prompt::Text(text) => text.clone(),
+    };
+    let tokens = model.tokenizer.encode(&prompt_text)?;
+    if tokens.is_empty() {
+        return Err(LocalError::Request("the prompt is empty".into()));
+    }
+    if request.max_tokens == 0 {
+        return Err(LocalError::Request("max_tokens must be at least 1".into()));
+    }
+    if tokens.len() + request.max_tokens > model.context {
+        return Err(LocalError::ContextLength {
+            model: model.id.clone(),
+            prompt: tokens.len(),
+            max_tokens: request.max_tokens,
+            context: model.context,
+        });
+    }
+    Ok(Prepared { tokens })
+}
+
+/// Runs the decoding loop on a model the caller holds exclusively.
+pub(crate) fn run(
+    model: &super::LoadedModel,
+    engine: &mut super::engine::Engine,
+    prepared: &Prepared,
+    request: &Request,
+    on_text: &mut dyn FnMut(&str) -> Flow,
+) -> Result<Generation, LocalError> {
+    let started = Instant::now();
+    let prompt = &prepared.tokens;
+    let mut sampler = LogitsProcessor::from_sampling(request.seed, request.sampling());
+    let stop_ids = if request.ignore_eos {
+        &[][..]
+    } else {
+        &model.tokenizer.stop_ids[..]
+    };
+
+    let mut stream = TextStream::new();
+    let mut text = String::new();
+    let mut emitted = 0usize;
+    let mut finish = FinishReason::Length;
+    let mut generated = 0usize;
+    let mut first_token_at = None;
+    let mut decode_started = None;
+
+    let mut logits = engine.forward(prompt, 0, &model.device)?;
+    let prefill_s = started.elapsed().as_secs_f64();
+    let mut pos = prompt.len();
+    while generated < request.max_tokens {
+        let token = sampler.sample(&logits)?;
+        generated += 1;
+        if first_token_at.is_none() {
+            first_token_at = Some(started.elapsed().as_secs_f64());
+            decode_started = Some(Instant::now());
+        }
+        if stop_ids.contains(&token) {
+            finish = FinishReason::Stop;
+            break;
+        }
+        text.push_str(&stream.push(&model.tokenizer, token)?);
+        let (hit, held) = scan_stops(&text, &request.stop);
+        if let Some(at) = hit {
+            text.truncate(at);
+        }
+        let safe = if hit.is_some() {
+            text.len()
+        } else {
+            text.len() - held
+        };
+        if safe > emitted {
+            let flow = on_text(&text[emitted..safe]);
+            emitted = safe;
+            if matches!(flow, Flow::Stop) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+        }
+        if hit.is_some() {
+            finish = FinishReason::Stop;
+            break;
+        }
+        if generated == request.max_tokens {
+            break;
+        }
+        logits = engine.forward(&[token], pos, &model.device)?;
+        pos += 1;
+    }
+    if emitted < text.len() && finish != FinishReason::Cancelled {
+        on_text(&text[emitted..]);
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let decode_s = decode_started
+        .map(|t| t.elapsed().as_secs_f64())
+        .unwrap_or(0.0);
+    Ok(Generation {
+        text,
+        finish_reason: finish,
+        prompt_tokens: prompt.len(),
+        completion_tokens: generated,
+        ttft_s: first_token_at.unwrap_or(wall_s),
+        prefill_tokens_per_s: prompt.len() as f64 / prefill_s.max(1e-9),
+        decode_tokens_per_s: if generated > 1 && decode_s > 0.0 {
+            (generated - 1) as f64 / decode_s
+        } else {
+            0.0
+        },
+        wall_s,
+        load_s: 0.0,
+        queue_s: 0.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scan_stops;
+
+    #[test]
+    fn stops_are_found_and_their_prefixes_held_back() {
+        let stops = vec!["\n\n".to_string(), "END".to_string()];
+        assert_eq!(scan_stops("abc", &stops), (None, 0));
+        assert_eq!(scan_stops("abc\n", &stops), (None, 1));
+        assert_eq!(scan_stops("abcEN", &stops), (None, 2));
+        assert_eq!(scan_stops("a\n\nb", &stops), (Some(1), 0));
+        assert_eq!(scan_stops("aENDb\n\n", &stops), (Some(1), 1));
+    }
+}

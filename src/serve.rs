@@ -1,0 +1,362 @@
+//! `joule serve`: the local models behind an OpenAI-compatible HTTP API, so any OpenAI client
+//! (and joule's own HTTP backend on another machine) can use them.
+//!
+//! Generation is CPU- or GPU-bound, so it runs on blocking threads; requests for one model
+//! queue on that model's lock instead of failing. Bad requests get OpenAI-style JSON errors
+//! with 4xx codes before they wait in any queue.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clap::Args as ClapArgs;
+use joule_executor::backend::local::{Flow, Generation, LocalBackend, LocalError};
+use joule_executor::models::{ModelError, ModelStore};
+use joule_executor::openai::{
+    ChatChunk, ChatMessage, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta,
+    ErrorBody, Timings, Usage, finish_reason,
+};
+use miette::{IntoDiagnostic, miette};
+use tokio::sync::mpsc;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// `cpu` or `cuda:N`; the default is a GPU when joule was built with `cuda` and one is present.
+    #[arg(long)]
+    device: Option<String>,
+    /// Memory for resident models, in GB of weights; least recently used models are unloaded
+    /// beyond it.
+    #[arg(long, default_value_t = 8.0)]
+    memory_gb: f64,
+    /// A catalog file instead of the built-in one.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+}
+
+struct App {
+    backend: LocalBackend,
+    next_id: AtomicU64,
+}
+
+pub fn run(args: &Args) -> miette::Result<ExitCode> {
+    let Some(catalog) = crate::diagnostics::catalog(args.catalog.as_deref()) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if args.memory_gb.is_nan() || args.memory_gb <= 0.0 {
+        return Err(miette!("--memory-gb must be positive"));
+    }
+    let backend = LocalBackend::new(
+        Arc::new(catalog),
+        ModelStore::from_env(),
+        args.device.as_deref(),
+        (args.memory_gb * 1e9) as u64,
+    )
+    .map_err(|e| miette!("{e}"))?;
+    let app = Arc::new(App {
+        backend,
+        next_id: AtomicU64::new(1),
+    });
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .map_err(|e| miette!("cannot listen on {}: {e}", args.addr))?;
+        let local = listener.local_addr().into_diagnostic()?;
+        // Tests and scripts read this line to learn the port.
+        println!(
+            "joule serve: listening on http://{local}/v1 (device {})",
+            app.backend.device_id()
+        );
+        let router = router(app);
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .into_diagnostic()?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", post(chat))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Response {
+    (status, axum::Json(ErrorBody::new(kind, code, message))).into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+        "no such route; joule serves GET /health, GET /v1/models and POST /v1/chat/completions",
+    )
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "device": app.backend.device_id(),
+        "resident": app.backend.resident(),
+    }))
+    .into_response()
+}
+
+async fn list_models(State(app): State<Arc<App>>) -> Response {
+    let data: Vec<serde_json::Value> = app
+        .backend
+        .local_models()
+        .map(|m| serde_json::json!({"id": m.id, "object": "model", "created": 0, "owned_by": "joule"}))
+        .collect();
+    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}
+
+fn local_error(e: &LocalError) -> Response {
+    match e {
+        LocalError::UnknownModel(..) | LocalError::Model(ModelError::NotLocal(_)) => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            e.to_string(),
+        ),
+        LocalError::Model(ModelError::Missing { .. }) => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            e.to_string(),
+        ),
+        LocalError::ContextLength { .. } => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "context_length_exceeded",
+            e.to_string(),
+        ),
+        LocalError::Request(_) | LocalError::Template(_) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            e.to_string(),
+        ),
+        _ => {
+            tracing::error!(error = %e, "generation failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+                e.to_string(),
+            )
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What the generation thread tells the handler.
+enum Note {
+    /// The prompt was accepted; tokens follow.
+    Started,
+    Text(String),
+    Done(Box<Generation>),
+    Failed(LocalError),
+}
+
+async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let request: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_json",
+                format!("the body is not a valid chat request: {e}"),
+            );
+        }
+    };
+    let local = match request.to_local() {
+        Ok(l) => l,
+        Err(message) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                message,
+            );
+        }
+    };
+    let id = format!("chatcmpl-{}", app.next_id.fetch_add(1, Ordering::Relaxed));
+    let model_id = request.model.clone();
+    let (tx, mut rx) = mpsc::channel::<Note>(64);
+    let worker = app.clone();
+    let streaming = request.stream;
+    tokio::task::spawn_blocking(move || {
+        let outcome = (|| {
+            let (model, load_s) = worker.backend.model(&model_id)?;
+            let prepared = model.prepare(&local)?;
+            if tx.blocking_send(Note::Started).is_err() {
+                return Ok(None);
+            }
+            let mut generation = model.generate_prepared(&prepared, &local, &mut |piece| {
+                if !streaming {
+                    return Flow::Continue;
+                }
+                match tx.blocking_send(Note::Text(piece.to_string())) {
+                    Ok(()) => Flow::Continue,
+                    Err(_) => Flow::Stop,
+                }
+            })?;
+            generation.load_s = load_s;
+            Ok(Some(generation))
+        })();
+        let note = match outcome {
+            Ok(Some(g)) => Note::Done(Box::new(g)),
+            Ok(None) => return,
+            Err(e) => Note::Failed(e),
+        };
+        let _ = tx.blocking_send(note);
+    });
+
+    match rx.recv().await {
+        Some(Note::Started) => {}
+        Some(Note::Failed(e)) => return local_error(&e),
+        _ => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+                "generation ended early",
+            );
+        }
+    }
+    let device = app.backend.device_id().to_string();
+    if !request.stream {
+        return match rx.recv().await {
+            Some(Note::Done(g)) => axum::Json(ChatResponse {
+                id,
+                object: "chat.completion".into(),
+                created: now(),
+                model: request.model,
+                choices: vec![Choice {
+                    index: 0,
+                    message: ChatMessage {
+                        role: "assistant".into(),
+                        content: Content::Text(g.text.clone()),
+                    },
+                    finish_reason: Some(finish_reason(g.finish_reason).into()),
+                }],
+                usage: Usage::of(&g),
+                joule: Some(Timings::of(&g, &device)),
+            })
+            .into_response(),
+            Some(Note::Failed(e)) => local_error(&e),
+            _ => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+                "generation ended early",
+            ),
+        };
+    }
+
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let created = now();
+    let model = request.model.clone();
+    let chunk = move |delta: Delta, finish: Option<String>, usage: Option<Usage>| {
+        let choices = if usage.is_some() {
+            Vec::new()
+        } else {
+            vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason: finish,
+            }]
+        };
+        let chunk = ChatChunk {
+            id: id.clone(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: model.clone(),
+            choices,
+            usage,
+        };
+        Event::default()
+            .json_data(chunk)
+            .unwrap_or_else(|_| Event::default().data("{}"))
+    };
+    let (events_tx, events_rx) = mpsc::channel::<Result<Event, std::convert::Infallible>>(64);
+    tokio::spawn(async move {
+        let first = chunk(
+            Delta {
+                role: Some("assistant".into()),
+                content: Some(String::new()),
+            },
+            None,
+            None,
+        );
+        if events_tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        while let Some(note) = rx.recv().await {
+            let events = match note {
+                Note::Text(text) => vec![chunk(
+                    Delta {
+                        role: None,
+                        content: Some(text),
+                    },
+                    None,
+                    None,
+                )],
+                Note::Done(g) => {
+                    let mut events = vec![chunk(
+                        Delta::default(),
+                        Some(finish_reason(g.finish_reason).into()),
+                        None,
+                    )];
+                    if include_usage {
+                        events.push(chunk(Delta::default(), None, Some(Usage::of(&g))));
+                    }
+                    events.push(Event::default().data("[DONE]"));
+                    events
+                }
+                Note::Failed(e) => {
+                    let body = ErrorBody::new("server_error", "internal_error", e.to_string());
+                    vec![Event::default().json_data(body).unwrap_or_default()]
+                }
+                Note::Started => Vec::new(),
+            };
+            for event in events {
+                if events_tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(events_rx)).into_response()
+}
