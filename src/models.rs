@@ -145,7 +145,7 @@ fn fetch(
             Ok((path, fetched)) => {
                 let seconds = started.elapsed().as_secs_f64();
                 if json {
-                    let line = serde_json::json!({"id": model.id, "path": path, "fetched": fetched, "seconds": seconds});
+                    let line = serde_json::json!({"id": model.id, "ok": true, "path": path, "fetched": fetched, "seconds": seconds});
                     println!("{line}");
                 } else if fetched {
                     println!(
@@ -159,22 +159,11 @@ fn fetch(
             }
             Err(e) => {
                 failed = true;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"id": model.id, "error": e.to_string()})
-                    );
-                } else {
-                    eprintln!("error: {}: {e}", model.id);
-                }
+                report_error(json, model, &e);
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit(failed))
 }
 
 fn path(catalog: &Catalog, store: &ModelStore, id: &str) -> miette::Result<ExitCode> {
@@ -224,20 +213,29 @@ fn verify(
             }
             Err(e) => {
                 failed = true;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"id": model.id, "ok": false, "error": e.to_string()})
-                    );
-                } else {
-                    eprintln!("error: {}: {e}", model.id);
-                }
+                report_error(json, model, &e);
             }
         }
     }
-    Ok(if failed {
+    Ok(exit(failed))
+}
+
+/// One model's failure: a JSON line on stdout with `--json`, else a line on stderr.
+fn report_error(json: bool, model: &Model, e: &dyn std::fmt::Display) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": model.id, "ok": false, "error": e.to_string()})
+        );
+    } else {
+        eprintln!("error: {}: {e}", model.id);
+    }
+}
+
+fn exit(failed: bool) -> ExitCode {
+    if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }

@@ -97,7 +97,17 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        "this route does not take that method; chat completions are POST, the rest GET",
+    )
 }
 
 fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Response {

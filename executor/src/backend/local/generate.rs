@@ -35,6 +35,8 @@ pub struct Request {
 pub enum Prompt {
     Chat(Vec<Message>),
     Text(String),
+    /// Token ids as they are; benchmarks and the profiler use this to control prompt length.
+    Tokens(Vec<u32>),
 }
 
 impl Request {
@@ -141,11 +143,19 @@ pub(crate) fn prepare(
     model: &super::LoadedModel,
     request: &Request,
 ) -> Result<Prepared, LocalError> {
-    let prompt_text = match &request.prompt {
-        Prompt::Chat(messages) => model.template.render(messages)?,
-        Prompt::Text(text) => text.clone(),
+    let tokens = match &request.prompt {
+        Prompt::Chat(messages) => model.tokenizer.encode(&model.template.render(messages)?)?,
+        Prompt::Text(text) => model.tokenizer.encode(text)?,
+        Prompt::Tokens(ids) => {
+            let vocab = model.tokenizer.vocab_size();
+            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(LocalError::Request(format!(
+                    "token id {bad} is outside the vocabulary of {vocab}"
+                )));
+            }
+            ids.clone()
+        }
     };
-    let tokens = model.tokenizer.encode(&prompt_text)?;
     if tokens.is_empty() {
         return Err(LocalError::Request("the prompt is empty".into()));
     }

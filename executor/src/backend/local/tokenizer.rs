@@ -134,7 +134,9 @@ impl Tokenizer {
             .filter(|(_, t)| **t == TYPE_CONTROL || **t == TYPE_USER_DEFINED)
             .map(|(tok, t)| AddedToken::from(tok.clone(), *t == TYPE_CONTROL))
             .collect();
-        inner.add_special_tokens(&added);
+        inner
+            .add_special_tokens(added)
+            .map_err(|e| LocalError::Format(format!("adding the special tokens: {e}")))?;
 
         let bos = token_id(ct, "tokenizer.ggml.bos_token_id");
         let eos = token_id(ct, "tokenizer.ggml.eos_token_id");

@@ -1,0 +1,226 @@
+//! `joule serve` end to end: the real binary on a loopback port, driven by OpenAI's Python
+//! client and by plain HTTP requests, with the real SmolLM2 model.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::{ensure_smol, joule, repo};
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server on a free port and waits for the line that says where it listens.
+fn server() -> Server {
+    ensure_smol();
+    let mut child = joule()
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("joule serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches("/v1")
+        .to_string();
+    Server { child, base }
+}
+
+fn python() -> String {
+    if let Ok(p) = std::env::var("JOULE_TEST_PYTHON") {
+        return p;
+    }
+    let venv = repo().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the OpenAI client tests need Python with the `openai` package: run `scripts/ensure-deps.sh --test` (make test does) or set JOULE_TEST_PYTHON"
+    );
+    venv.display().to_string()
+}
+
+#[test]
+fn the_official_openai_client_chats_and_streams() {
+    let server = server();
+    let output = Command::new(python())
+        .arg(repo().join("tests/python/openai_client.py"))
+        .arg(format!("{}/v1", server.base))
+        .arg("smollm2-135m")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let chat = &seen["chat"];
+    assert_eq!(chat["role"], "assistant");
+    assert!(
+        chat["content"].as_str().unwrap().contains("Paris"),
+        "{chat}"
+    );
+    assert_eq!(chat["finish_reason"], "stop");
+    let (p, c) = (
+        chat["prompt_tokens"].as_u64().unwrap(),
+        chat["completion_tokens"].as_u64().unwrap(),
+    );
+    assert!(p > 10 && c > 0);
+    assert_eq!(chat["total_tokens"].as_u64().unwrap(), p + c);
+
+    // Greedy decoding: the streamed pieces join into exactly the same answer.
+    let stream = &seen["stream"];
+    let pieces: Vec<&str> = stream["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(pieces.len() > 1, "streamed in pieces: {pieces:?}");
+    assert_eq!(pieces.concat(), chat["content"].as_str().unwrap());
+    assert_eq!(stream["finish_reason"], "stop");
+    assert_eq!(stream["completion_tokens"], chat["completion_tokens"]);
+
+    let models: Vec<&str> = seen["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(
+        models.contains(&"smollm2-135m") && !models.contains(&"gpt-4o-mini"),
+        "{models:?}"
+    );
+    assert_eq!(
+        seen["unknown_model"],
+        json!({"status": 404, "code": "model_not_found"})
+    );
+}
+
+fn post(client: &reqwest::blocking::Client, url: &str, body: &str) -> (u16, Value) {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn bad_requests_get_openai_style_json_errors() {
+    let server = server();
+    let client = reqwest::blocking::Client::new();
+    let url = format!("{}/v1/chat/completions", server.base);
+    let long = "word ".repeat(6000);
+    let over_long =
+        json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": long}]})
+            .to_string();
+    let cases = [
+        ("{not json", 400, "invalid_json"),
+        (r#"{"messages": []}"#, 400, "invalid_json"),
+        (
+            r#"{"model": "smollm2-135m", "messages": []}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            r#"{"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}"#,
+            404,
+            "model_not_found",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}"#,
+            404,
+            "model_not_found",
+        ),
+        (
+            r#"{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}"#,
+            400,
+            "invalid_request",
+        ),
+        (over_long.as_str(), 400, "context_length_exceeded"),
+    ];
+    for (body, status, code) in cases {
+        let (got, error) = post(&client, &url, body);
+        assert_eq!(got, status, "{body:.60}: {error}");
+        assert_eq!(error["error"]["code"], code, "{body:.60}: {error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+    }
+    let response = client.get(&url).send().unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response.json::<Value>().unwrap()["error"]["code"],
+        "method_not_allowed"
+    );
+    let response = client
+        .get(format!("{}/v2/nothing", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(
+        response.json::<Value>().unwrap()["error"]["code"],
+        "unknown_url"
+    );
+}
+
+#[test]
+fn concurrent_requests_queue_and_all_succeed() {
+    let server = server();
+    let url = format!("{}/v1/chat/completions", server.base);
+    let body = json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}).to_string();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, body) = (&url, &body);
+                s.spawn(move || post(&reqwest::blocking::Client::new(), url, body))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let first = &answers[0].1["choices"][0]["message"]["content"];
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(&body["choices"][0]["message"]["content"], first);
+        assert_eq!(body["joule"]["device"], "cpu");
+    }
+    // Requests after the first found the model resident, and some waited their turn.
+    assert!(
+        answers
+            .iter()
+            .filter(|(_, b)| b["joule"]["load_s"] == 0.0)
+            .count()
+            >= 2
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|(_, b)| b["joule"]["queue_s"].as_f64().unwrap() > 0.0)
+    );
+    let health: Value = reqwest::blocking::get(format!("{}/health", server.base))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["resident"], json!(["smollm2-135m"]));
+}
