@@ -195,7 +195,21 @@ enum Note {
     Failed(LocalError),
 }
 
-async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
+async fn chat(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                e.status(),
+                "invalid_request_error",
+                "invalid_body",
+                e.body_text(),
+            );
+        }
+    };
     let request: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

@@ -168,6 +168,9 @@ fn bad_requests_get_openai_style_json_errors() {
         );
         assert_eq!(error["error"]["type"], "invalid_request_error");
     }
+    let (got, error) = post(&client, &url, &"x".repeat(3 << 20));
+    assert_eq!(got, 413, "{error}");
+    assert_eq!(error["error"]["code"], "invalid_body");
     let response = client.get(&url).send().unwrap();
     assert_eq!(response.status().as_u16(), 405);
     assert_eq!(

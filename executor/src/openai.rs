@@ -153,6 +153,7 @@ impl ChatRequest {
             seed: self.seed.unwrap_or(0),
             stop,
             ignore_eos: false,
+            fit_context: self.max_completion_tokens.is_none() && self.max_tokens.is_none(),
         })
     }
 }

@@ -190,6 +190,28 @@ fn an_over_long_prompt_is_refused_before_running() {
 }
 
 #[test]
+fn a_default_answer_length_shrinks_to_fit_the_context() {
+    let model = smol();
+    let mut request = ask(&"word ".repeat(3900), 512);
+    let prompt = match model.prepare(&request) {
+        Err(LocalError::ContextLength {
+            prompt, context, ..
+        }) => {
+            assert!(prompt + 512 > context);
+            prompt
+        }
+        other => panic!(
+            "expected a context error, got {:?}",
+            other.map(|p| p.max_tokens)
+        ),
+    };
+    request.fit_context = true;
+    let prepared = model.prepare(&request).unwrap();
+    assert_eq!(prepared.tokens.len(), prompt);
+    assert_eq!(prepared.max_tokens, model.context - prompt);
+}
+
+#[test]
 fn concurrent_requests_queue_on_one_model() {
     let model = smol();
     let request = ask("Say hello.", 16);

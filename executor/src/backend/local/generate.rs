@@ -28,6 +28,10 @@ pub struct Request {
     /// Keep going past end-of-sequence tokens (benchmarks measure a fixed number of tokens).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// `max_tokens` is a default, not the caller's wish: shrink it to what the context has
+    /// left instead of refusing the request.
+    #[serde(default)]
+    pub fit_context: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +53,7 @@ impl Request {
             seed: 0,
             stop: Vec::new(),
             ignore_eos: false,
+            fit_context: false,
         }
     }
 
@@ -137,6 +142,8 @@ fn scan_stops(text: &str, stops: &[String]) -> (Option<usize>, usize) {
 /// the model: a bad request fails at once instead of after its turn in the queue.
 pub struct Prepared {
     pub tokens: Vec<u32>,
+    /// The answer's length limit, after `fit_context`.
+    pub max_tokens: usize,
 }
 
 pub(crate) fn prepare(
@@ -162,7 +169,13 @@ pub(crate) fn prepare(
     if request.max_tokens == 0 {
         return Err(LocalError::Request("max_tokens must be at least 1".into()));
     }
-    if tokens.len() + request.max_tokens > model.context {
+    let room = model.context.saturating_sub(tokens.len());
+    let max_tokens = if request.fit_context {
+        request.max_tokens.min(room)
+    } else {
+        request.max_tokens
+    };
+    if max_tokens == 0 || max_tokens > room {
         return Err(LocalError::ContextLength {
             model: model.id.clone(),
             prompt: tokens.len(),
@@ -170,7 +183,7 @@ pub(crate) fn prepare(
             context: model.context,
         });
     }
-    Ok(Prepared { tokens })
+    Ok(Prepared { tokens, max_tokens })
 }
 
 /// Runs the decoding loop on a model the caller holds exclusively.
@@ -201,7 +214,7 @@ pub(crate) fn run(
     let mut logits = engine.forward(prompt, 0, &model.device)?;
     let prefill_s = started.elapsed().as_secs_f64();
     let mut pos = prompt.len();
-    while generated < request.max_tokens {
+    while generated < prepared.max_tokens {
         let token = sampler.sample(&logits)?;
         generated += 1;
         if first_token_at.is_none() {
@@ -234,7 +247,7 @@ pub(crate) fn run(
             finish = FinishReason::Stop;
             break;
         }
-        if generated == request.max_tokens {
+        if generated == prepared.max_tokens {
             break;
         }
         logits = engine.forward(&[token], pos, &model.device)?;
