@@ -111,7 +111,9 @@ async fn method_not_allowed() -> Response {
 }
 
 fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Response {
-    (status, axum::Json(ErrorBody::new(kind, code, message))).into_response()
+    let body = ErrorBody::new(kind, code, message);
+    tracing::info!(status = status.as_u16(), code, message = %body.error.message, "request refused");
+    (status, axum::Json(body)).into_response()
 }
 
 async fn not_found() -> Response {
@@ -254,6 +256,17 @@ async fn chat(
                 }
             })?;
             generation.load_s = load_s;
+            tracing::info!(
+                model = %model_id,
+                prompt_tokens = generation.prompt_tokens,
+                completion_tokens = generation.completion_tokens,
+                finish = finish_reason(generation.finish_reason),
+                queue_s = generation.queue_s,
+                ttft_s = generation.ttft_s,
+                wall_s = generation.wall_s,
+                stream = streaming,
+                "chat completion"
+            );
             Ok(Some(generation))
         })();
         let note = match outcome {
