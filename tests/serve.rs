@@ -227,3 +227,65 @@ fn concurrent_requests_queue_and_all_succeed() {
         .unwrap();
     assert_eq!(health["resident"], json!(["smollm2-135m"]));
 }
+
+#[test]
+fn the_http_backend_gets_the_same_answer_as_local_inference() {
+    use joule_executor::backend::local::{Flow, LocalBackend, Message, Request};
+    use joule_executor::backend::openai::{OpenAiBackend, RetryPolicy};
+    use joule_executor::openai::{ChatMessage, ChatRequest, Content};
+
+    let server = server();
+    let question = "Name a fruit that is yellow.";
+    let catalog = std::sync::Arc::new(joule_planner::catalog::Catalog::builtin());
+    let local = LocalBackend::new(
+        catalog,
+        joule_executor::models::ModelStore::from_env(),
+        Some("cpu"),
+        u64::MAX,
+    )
+    .unwrap()
+    .generate(
+        "smollm2-135m",
+        &Request::chat(vec![Message::new("user", question)], 16),
+        &mut |_| Flow::Continue,
+    )
+    .unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = OpenAiBackend::new(
+        &format!("{}/v1", server.base),
+        Some("JOULE_LAN_KEY"),
+        RetryPolicy::default(),
+    )
+    .unwrap();
+    for stream in [false, true] {
+        let request = ChatRequest {
+            model: "smollm2-135m".into(),
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: Content::Text(question.into()),
+            }],
+            max_tokens: Some(16),
+            max_completion_tokens: None,
+            temperature: None,
+            top_p: None,
+            seed: None,
+            stop: None,
+            n: None,
+            stream,
+            stream_options: None,
+        };
+        let remote = runtime
+            .block_on(backend.chat(&request, &mut |_| {}))
+            .unwrap();
+        assert_eq!(remote.text, local.text, "stream: {stream}");
+        if !stream {
+            let usage = remote.usage.unwrap();
+            assert_eq!(usage.completion_tokens as usize, local.completion_tokens);
+            assert_eq!(remote.server.unwrap().device, "cpu");
+        }
+    }
+}

@@ -2,3 +2,4 @@
 //! meters and the profiler need.
 
 pub mod local;
+pub mod openai;
