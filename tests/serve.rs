@@ -232,7 +232,7 @@ fn concurrent_requests_queue_and_all_succeed() {
 fn the_http_backend_gets_the_same_answer_as_local_inference() {
     use joule_executor::backend::local::{Flow, LocalBackend, Message, Request};
     use joule_executor::backend::openai::{OpenAiBackend, RetryPolicy};
-    use joule_executor::openai::{ChatMessage, ChatRequest, Content};
+    use joule_executor::openai::ChatRequest;
 
     let server = server();
     let question = "Name a fruit that is yellow.";
@@ -262,22 +262,7 @@ fn the_http_backend_gets_the_same_answer_as_local_inference() {
     )
     .unwrap();
     for stream in [false, true] {
-        let request = ChatRequest {
-            model: "smollm2-135m".into(),
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: Content::Text(question.into()),
-            }],
-            max_tokens: Some(16),
-            max_completion_tokens: None,
-            temperature: None,
-            top_p: None,
-            seed: None,
-            stop: None,
-            n: None,
-            stream,
-            stream_options: None,
-        };
+        let request = ChatRequest::user("smollm2-135m", question, 16, stream);
         let remote = runtime
             .block_on(backend.chat(&request, &mut |_| {}))
             .unwrap();

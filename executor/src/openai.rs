@@ -72,6 +72,28 @@ pub struct Part {
     pub text: Option<String>,
 }
 
+impl ChatRequest {
+    /// A one-message request with everything else at the server's defaults.
+    pub fn user(model: &str, text: &str, max_tokens: u64, stream: bool) -> Self {
+        Self {
+            model: model.into(),
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: Content::Text(text.into()),
+            }],
+            max_tokens: Some(max_tokens),
+            max_completion_tokens: None,
+            temperature: None,
+            top_p: None,
+            seed: None,
+            stop: None,
+            n: None,
+            stream,
+            stream_options: None,
+        }
+    }
+}
+
 /// Answers are capped when the request gives no limit, so a runaway model cannot hold a
 /// device forever.
 pub const DEFAULT_MAX_TOKENS: u64 = 512;

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+mod common;
+
 use joule_executor::backend::local::{Flow, LoadedModel, Message, Request};
-use joule_executor::models::{ModelStore, Silent};
-use joule_planner::catalog::Catalog;
 
 fn enabled() -> bool {
     if std::env::var("JOULE_TEST_LARGE").is_ok_and(|v| v == "1") {
@@ -16,16 +16,7 @@ fn enabled() -> bool {
 }
 
 fn load(id: &str) -> LoadedModel {
-    let catalog = Catalog::builtin();
-    let model = catalog.model(id).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (path, _) = runtime
-        .block_on(ModelStore::from_env().fetch(model, &Silent))
-        .unwrap();
-    LoadedModel::load(id, &path, &candle_core::Device::Cpu).unwrap()
+    LoadedModel::load(id, &common::fetched(id), &candle_core::Device::Cpu).unwrap()
 }
 
 fn answer(model: &LoadedModel, question: &str, max_tokens: usize) -> String {

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use joule_executor::backend::openai::{HttpError, OpenAiBackend, RetryPolicy};
-use joule_executor::openai::{ChatMessage, ChatRequest, Content};
+use joule_executor::openai::ChatRequest;
 
 #[derive(Clone, Debug)]
 enum Fault {
@@ -106,22 +106,7 @@ async fn injector(faults: Vec<Fault>) -> (String, Shared) {
 }
 
 fn request(stream: bool) -> ChatRequest {
-    ChatRequest {
-        model: "m".into(),
-        messages: vec![ChatMessage {
-            role: "user".into(),
-            content: Content::Text("hi".into()),
-        }],
-        max_tokens: Some(8),
-        max_completion_tokens: None,
-        temperature: None,
-        top_p: None,
-        seed: None,
-        stop: None,
-        n: None,
-        stream,
-        stream_options: None,
-    }
+    ChatRequest::user("m", "hi", 8, stream)
 }
 
 fn policy(deadline_ms: u64) -> RetryPolicy {

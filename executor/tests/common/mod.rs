@@ -1,5 +1,5 @@
-//! The SmolLM2 model every inference test uses, fetched once into the shared cache
-//! (`$JOULE_HOME`, default `~/.cache/joule`) if it is not there yet.
+//! Models for the inference tests, fetched into the shared cache (`$JOULE_HOME`, default
+//! `~/.cache/joule`) if they are not there yet; SmolLM2 is the one every default test uses.
 
 #![allow(dead_code)]
 
@@ -12,21 +12,23 @@ use joule_planner::catalog::Catalog;
 
 pub const SMOL: &str = "smollm2-135m";
 
+/// The catalog model's file in the shared cache, fetched first if it is missing.
+pub fn fetched(id: &str) -> PathBuf {
+    let catalog = Catalog::builtin();
+    let model = catalog.model(id).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (path, _) = runtime
+        .block_on(ModelStore::from_env().fetch(model, &Silent))
+        .unwrap_or_else(|e| panic!("cannot fetch {id} for the tests: {e}"));
+    path
+}
+
 pub fn smol_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let catalog = Catalog::builtin();
-        let model = catalog.model(SMOL).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (path, _) = runtime
-            .block_on(ModelStore::from_env().fetch(model, &Silent))
-            .unwrap_or_else(|e| panic!("cannot fetch {SMOL} for the tests: {e}"));
-        path
-    })
-    .clone()
+    PATH.get_or_init(|| fetched(SMOL)).clone()
 }
 
 /// One loaded copy shared by the tests of a binary, as `joule serve` shares it.
