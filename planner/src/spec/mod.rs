@@ -318,11 +318,20 @@ pub fn read_source(path: &std::path::Path) -> Result<SourceFile, Vec<SpecError>>
 
 /// Deserialises any of joule's YAML files with the parser's safety limits, turning errors into
 /// positioned diagnostics.
+/// The deepest nesting of YAML collections a workflow, catalog or profile file may use.
+pub const MAX_NESTING: usize = 32;
+
 pub fn from_yaml<T: serde::de::DeserializeOwned>(file: &SourceFile) -> Result<T, Vec<SpecError>> {
     if file.text().len() > MAX_FILE_BYTES {
         return Err(vec![too_large(file.name(), file.text().len())]);
     }
-    let options = serde_saphyr::options! { with_snippet: false };
+    // Nesting is capped well below serde-saphyr's default of 64: each level is a recursive
+    // deserializer call, and in unoptimised builds those frames are large enough for 64 levels
+    // of `serde_json::Value` to overflow a 2 MiB thread stack. No workflow needs 32 levels.
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! { max_depth: MAX_NESTING },
+    };
     serde_saphyr::from_str_with_options(file.text(), options)
         .map_err(|e| vec![yaml_error(file, &e)])
 }
