@@ -112,6 +112,15 @@ fn the_official_openai_client_chats_and_streams() {
     );
 }
 
+/// A client without reqwest's 30 s default timeout: on a loaded 2-core machine a queued
+/// request can legitimately take longer, and the server itself is what is under test.
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .unwrap()
+}
+
 fn post(client: &reqwest::blocking::Client, url: &str, body: &str) -> (u16, Value) {
     let response = client
         .post(url)
@@ -126,7 +135,7 @@ fn post(client: &reqwest::blocking::Client, url: &str, body: &str) -> (u16, Valu
 #[test]
 fn bad_requests_get_openai_style_json_errors() {
     let server = server();
-    let client = reqwest::blocking::Client::new();
+    let client = http();
     let url = format!("{}/v1/chat/completions", server.base);
     let long = "word ".repeat(6000);
     let over_long =
@@ -197,7 +206,7 @@ fn concurrent_requests_queue_and_all_succeed() {
         let handles: Vec<_> = (0..3)
             .map(|_| {
                 let (url, body) = (&url, &body);
-                s.spawn(move || post(&reqwest::blocking::Client::new(), url, body))
+                s.spawn(move || post(&http(), url, body))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -221,7 +230,9 @@ fn concurrent_requests_queue_and_all_succeed() {
             .iter()
             .any(|(_, b)| b["joule"]["queue_s"].as_f64().unwrap() > 0.0)
     );
-    let health: Value = reqwest::blocking::get(format!("{}/health", server.base))
+    let health: Value = http()
+        .get(format!("{}/health", server.base))
+        .send()
         .unwrap()
         .json()
         .unwrap();
@@ -258,7 +269,10 @@ fn the_http_backend_gets_the_same_answer_as_local_inference() {
     let backend = OpenAiBackend::new(
         &format!("{}/v1", server.base),
         Some("JOULE_LAN_KEY"),
-        RetryPolicy::default(),
+        RetryPolicy {
+            deadline: std::time::Duration::from_secs(900),
+            ..RetryPolicy::default()
+        },
     )
     .unwrap();
     for stream in [false, true] {
