@@ -7,6 +7,7 @@ mod graph;
 mod models;
 mod plan;
 mod progress;
+mod run;
 mod schema;
 mod serve;
 mod validate;
@@ -39,6 +40,14 @@ enum Command {
     Generate(generate::Args),
     /// Serve the local models over an OpenAI-compatible HTTP API.
     Serve(serve::Args),
+    /// Plan a workflow, run it, and report what it cost against the plan.
+    Run(run::Args),
+    /// Finish a run that was interrupted or failed, without redoing finished steps.
+    Resume(run::ResumeArgs),
+    /// Re-run a recorded run from its recorded model and tool outputs, and check it reproduces.
+    Replay(run::ReplayArgs),
+    /// List and show stored runs.
+    Runs(run::RunsArgs),
 }
 
 /// A tokio runtime for the commands that do network work.
@@ -72,6 +81,10 @@ fn main() -> ExitCode {
         Command::Models(args) => models::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Resume(args) => run::resume(&args),
+        Command::Replay(args) => run::replay(&args),
+        Command::Runs(args) => run::runs(&args),
     };
     match result {
         Ok(code) => code,

@@ -3,14 +3,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use joule_planner::Dag;
+use joule_planner::catalog::Catalog;
 use joule_planner::estimate::Environment;
 use joule_planner::plan::{self, PlanError, Request};
 use joule_planner::profile::Profiles;
 use joule_planner::solve::{Baseline, Options};
-use joule_planner::spec::{Objective, units};
+use joule_planner::spec::{Name, Objective, StepKind, units};
 use miette::{IntoDiagnostic, WrapErr, miette};
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ObjectiveArg {
     Energy,
     Cost,
@@ -25,25 +28,109 @@ pub enum BaselineArg {
     Greedy,
 }
 
+/// What planning depends on, shared by `joule plan` and `joule run`.
+#[derive(clap::Args, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Planning {
+    /// What to minimise (default: the workflow's `objective`).
+    #[arg(long, value_enum)]
+    pub objective: Option<ObjectiveArg>,
+    /// Replace the workflow's latency SLO, e.g. `45s`.
+    #[arg(long, value_parser = parse_slo)]
+    pub slo: Option<f64>,
+    /// Extra profile files, merged over the reference figures (measured beats published).
+    #[arg(long = "profiles", num_args = 1..)]
+    pub profiles: Vec<PathBuf>,
+    /// A catalog file instead of the built-in one.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// Local devices to plan for, comma-separated (default: what this machine has).
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<String>>,
+    /// The solver's time limit in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub time_limit: f64,
+    /// Run every llm step on this model, setting its quality floors aside (for a machine that
+    /// has one small model, or to compare models).
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+impl Planning {
+    /// The merged profiles, or `None` after printing why a file is unusable.
+    pub fn profiles(&self) -> Option<Profiles> {
+        let mut profiles = Profiles::reference();
+        for path in &self.profiles {
+            match Profiles::load(path) {
+                Ok(file) => profiles.merge(file),
+                Err(errors) => {
+                    crate::diagnostics::print(&errors);
+                    return None;
+                }
+            }
+        }
+        Some(profiles)
+    }
+
+    /// Applies `--model` to a compiled workflow, or says why it cannot.
+    pub fn apply(&self, dag: &mut Dag, catalog: &Catalog) -> miette::Result<()> {
+        let Some(model) = &self.model else {
+            return Ok(());
+        };
+        if catalog.model(model).is_none() {
+            let known: Vec<&str> = catalog.models.iter().map(|m| m.id.as_str()).collect();
+            return Err(miette!(
+                "--model {model}: not a catalog model; use one of: {}",
+                known.join(", ")
+            ));
+        }
+        let mut floors = 0;
+        for step in &mut dag.workflow.steps {
+            if let StepKind::Llm(l) = &mut step.kind {
+                floors += usize::from(l.quality.is_some());
+                l.model = Some(Name {
+                    name: model.clone(),
+                    pos: Default::default(),
+                });
+                l.quality = None;
+            }
+        }
+        if floors > 0 {
+            eprintln!(
+                "note: --model {model}: every llm step runs on it; {floors} quality floor(s) are not enforced"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn environment(&self) -> Environment {
+        Environment {
+            devices: self.devices.clone().unwrap_or_else(detected_devices),
+            local_models: None,
+        }
+    }
+
+    pub fn request(&self, baseline: Option<Baseline>) -> Request {
+        Request {
+            objective: self.objective.map(|o| match o {
+                ObjectiveArg::Energy => Objective::Energy,
+                ObjectiveArg::Cost => Objective::Cost,
+                ObjectiveArg::Latency => Objective::Latency,
+            }),
+            slo_s: self.slo,
+            baseline,
+            options: Options {
+                time_limit_s: self.time_limit,
+            },
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The workflow file.
     file: PathBuf,
-    /// What to minimise (default: the workflow's `objective`).
-    #[arg(long, value_enum)]
-    objective: Option<ObjectiveArg>,
-    /// Replace the workflow's latency SLO, e.g. `45s`.
-    #[arg(long, value_parser = parse_slo)]
-    slo: Option<f64>,
-    /// Extra profile files, merged over the reference figures (measured beats published).
-    #[arg(long = "profiles", num_args = 1..)]
-    profiles: Vec<PathBuf>,
-    /// A catalog file instead of the built-in one.
-    #[arg(long)]
-    catalog: Option<PathBuf>,
-    /// Local devices to plan for, comma-separated (default: what this machine has).
-    #[arg(long, value_delimiter = ',')]
-    devices: Option<Vec<String>>,
+    #[command(flatten)]
+    planning: Planning,
     /// Plan with a baseline instead of the MILP, for comparison.
     #[arg(long, value_enum)]
     baseline: Option<BaselineArg>,
@@ -59,9 +146,6 @@ pub struct Args {
     /// How many SLOs --pareto tries.
     #[arg(long, default_value_t = 12)]
     points: usize,
-    /// The solver's time limit in seconds.
-    #[arg(long, default_value_t = 10.0)]
-    time_limit: f64,
 }
 
 fn parse_slo(s: &str) -> Result<f64, String> {
@@ -80,44 +164,25 @@ fn detected_devices() -> Vec<String> {
 }
 
 pub fn run(args: &Args) -> miette::Result<ExitCode> {
-    let Some(catalog) = crate::diagnostics::catalog(args.catalog.as_deref()) else {
+    let Some(catalog) = crate::diagnostics::catalog(args.planning.catalog.as_deref()) else {
         return Ok(ExitCode::FAILURE);
     };
-    let mut profiles = Profiles::reference();
-    for path in &args.profiles {
-        match Profiles::load(path) {
-            Ok(file) => profiles.merge(file),
-            Err(errors) => {
-                crate::diagnostics::print(&errors);
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-    }
-    let dag = match joule_planner::load(&args.file, &catalog.compile_context()) {
+    let Some(profiles) = args.planning.profiles() else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut dag = match joule_planner::load(&args.file, &catalog.compile_context()) {
         Ok(d) => d,
         Err(errors) => {
             crate::diagnostics::print(&errors);
             return Ok(ExitCode::FAILURE);
         }
     };
-    let env = Environment {
-        devices: args.devices.clone().unwrap_or_else(detected_devices),
-    };
-    let request = Request {
-        objective: args.objective.map(|o| match o {
-            ObjectiveArg::Energy => Objective::Energy,
-            ObjectiveArg::Cost => Objective::Cost,
-            ObjectiveArg::Latency => Objective::Latency,
-        }),
-        slo_s: args.slo,
-        baseline: args.baseline.map(|b| match b {
-            BaselineArg::Static => Baseline::Static,
-            BaselineArg::Greedy => Baseline::Greedy,
-        }),
-        options: Options {
-            time_limit_s: args.time_limit,
-        },
-    };
+    args.planning.apply(&mut dag, &catalog)?;
+    let env = args.planning.environment();
+    let request = args.planning.request(args.baseline.map(|b| match b {
+        BaselineArg::Static => Baseline::Static,
+        BaselineArg::Greedy => Baseline::Greedy,
+    }));
 
     if args.pareto {
         let out = args
@@ -183,8 +248,18 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Err(PlanError::Infeasible(why)) => {
-            if args.json {
+        Err(e) => {
+            print_error(e, args.json)?;
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Says why no plan exists, as text on stderr or JSON on stdout.
+pub fn print_error(e: PlanError, json: bool) -> miette::Result<()> {
+    match e {
+        PlanError::Infeasible(why) => {
+            if json {
                 println!(
                     "{}",
                     serde_json::json!({ "feasible": false, "workflow": why.workflow, "reasons": why.reasons, "best": why.best, "min_slo_s": why.min_slo_s })
@@ -192,14 +267,14 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
             } else {
                 eprint!("{}", why.to_text());
             }
-            Ok(ExitCode::FAILURE)
+            Ok(())
         }
-        Err(PlanError::NoConfig { step, reasons }) => {
+        PlanError::NoConfig { step, reasons } => {
             let mut msg = format!("step `{step}` has no model and device it may run on");
             for r in reasons {
                 msg.push_str(&format!("\n  - {r}"));
             }
-            if args.json {
+            if json {
                 println!(
                     "{}",
                     serde_json::json!({ "feasible": false, "reasons": [msg] })
@@ -209,8 +284,8 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
                     "{msg}\nlower its `quality`, allow more providers or models in its policy, or profile more devices"
                 );
             }
-            Ok(ExitCode::FAILURE)
+            Ok(())
         }
-        Err(e @ PlanError::Solver(_)) => Err(miette!("{e}")),
+        e @ PlanError::Solver(_) => Err(miette!("{e}")),
     }
 }

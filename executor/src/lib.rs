@@ -7,5 +7,9 @@ pub mod backend;
 pub mod meter;
 pub mod models;
 pub mod openai;
+pub mod report;
+pub mod runtime;
+pub mod store;
+pub mod trace;
 
 pub use joule_planner as planner;

@@ -21,6 +21,10 @@ pub struct Catalog {
     pub devices: Vec<Device>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Programs tool steps may run. A workflow names a tool; only the catalog says what it
+    /// executes, so workflow text never chooses a program or writes a command line.
+    #[serde(default)]
+    pub tools: Vec<Tool>,
     pub prices: Prices,
 }
 
@@ -106,6 +110,99 @@ pub struct Endpoint {
     pub streams: Option<u32>,
 }
 
+/// A program a tool step runs, and the arguments it takes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// An absolute path, or a name looked up in the `PATH` joule itself was started with.
+    pub program: String,
+    /// The argument vector after the program. An element written exactly `{name}` is replaced
+    /// by that argument's value (and dropped when an optional argument is absent); every other
+    /// element is passed as written. Values never pass through a shell.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// The arguments a step may give, by name.
+    #[serde(default)]
+    pub args: std::collections::BTreeMap<String, ToolArg>,
+    /// Exit codes that mean success (`grep` exits 1 when nothing matched).
+    #[serde(default = "exit_zero")]
+    pub ok_exit: Vec<i32>,
+    #[serde(default)]
+    pub limits: ToolLimits,
+}
+
+fn exit_zero() -> Vec<i32> {
+    vec![0]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolArgType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    /// A path inside the workflow's directory: resolved against it, and refused when it leads
+    /// outside (through `..` or a symbolic link).
+    Path,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolArg {
+    #[serde(rename = "type", default = "string_type")]
+    pub ty: ToolArgType,
+    #[serde(default = "yes")]
+    pub required: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The longest value accepted, in bytes.
+    #[serde(default = "max_arg_bytes")]
+    pub max_bytes: usize,
+}
+
+fn string_type() -> ToolArgType {
+    ToolArgType::String
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn max_arg_bytes() -> usize {
+    64 * 1024
+}
+
+/// Resource limits of one tool process (`setrlimit`), and its wall-clock limit.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolLimits {
+    pub cpu_s: u64,
+    pub memory_mb: u64,
+    pub processes: u64,
+    pub file_mb: u64,
+    /// Bytes of standard output kept; more is an error, not a silent cut.
+    pub output_bytes: usize,
+    /// Wall-clock seconds when the step gives no `timeout`.
+    pub timeout_s: f64,
+}
+
+impl Default for ToolLimits {
+    fn default() -> Self {
+        Self {
+            cpu_s: 10,
+            memory_mb: 512,
+            processes: 16,
+            file_mb: 16,
+            output_bytes: 1 << 20,
+            timeout_s: 30.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Prices {
@@ -151,6 +248,25 @@ impl Catalog {
                 ));
             }
         }
+        let mut tools = BTreeSet::new();
+        for t in &catalog.tools {
+            if !tools.insert(t.name.as_str()) {
+                errors.push(whole(file, format!("tool `{}` is listed twice", t.name)));
+            }
+            for a in &t.argv {
+                if let Some(name) = a.strip_prefix('{').and_then(|a| a.strip_suffix('}'))
+                    && !t.args.contains_key(name)
+                {
+                    errors.push(whole(
+                        file,
+                        format!(
+                            "tool `{}` uses `{{{name}}}` but declares no such argument",
+                            t.name
+                        ),
+                    ));
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(catalog)
         } else {
@@ -164,6 +280,10 @@ impl Catalog {
 
     pub fn device(&self, id: &str) -> Option<&Device> {
         self.devices.iter().find(|d| d.id == id)
+    }
+
+    pub fn tool(&self, name: &str) -> Option<&Tool> {
+        self.tools.iter().find(|t| t.name == name)
     }
 
     pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {

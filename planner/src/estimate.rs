@@ -105,12 +105,16 @@ pub struct Problem {
 pub struct Environment {
     /// Local devices present (`cpu`, `cuda:0`); endpoints come from the catalog and policy.
     pub devices: Vec<String>,
+    /// Local models whose weights are on this machine; `None` plans as if all were. `joule
+    /// run` sets it, so a plan never picks a model it would have to download first.
+    pub local_models: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Environment {
     fn default() -> Self {
         Self {
             devices: vec!["cpu".to_string()],
+            local_models: None,
         }
     }
 }
@@ -187,6 +191,16 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                                     continue;
                                 }
                             } else if model.source.is_none() {
+                                continue;
+                            } else if env
+                                .local_models
+                                .as_ref()
+                                .is_some_and(|m| !m.contains(&model.id))
+                            {
+                                excluded.push(why_not(format!(
+                                    "not fetched on this machine (`joule models fetch {}`)",
+                                    model.id
+                                )));
                                 continue;
                             }
                             let Some(hw) = profiles.hardware(&model.id, &res.name) else {

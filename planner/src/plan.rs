@@ -249,6 +249,51 @@ pub fn assemble(
     }
 }
 
+/// A plan with no predictions: every step on `host`, nothing solved. Replays and tests fill in
+/// the configs they need; the executor only reads each step's model and device.
+pub fn empty(wf: &crate::spec::Workflow) -> Plan {
+    Plan {
+        workflow: wf.name.clone(),
+        objective: wf.objective,
+        method: "none".into(),
+        feasible: true,
+        steps: wf
+            .steps
+            .iter()
+            .map(|s| PlannedStep {
+                id: s.id.clone(),
+                kind: s.kind.name(),
+                model: None,
+                device: "host".into(),
+                start_s: 0.0,
+                end_s: 0.0,
+                latency_s: 0.0,
+                energy_j: 0.0,
+                cost_usd: 0.0,
+                source: Source::Estimate,
+                quality: None,
+                calls: 1,
+                tokens_in: 0.0,
+                tokens_out: 0.0,
+            })
+            .collect(),
+        loads: Vec::new(),
+        totals: Totals::default(),
+        budget: wf.budget,
+        binding: Vec::new(),
+        violations: Vec::new(),
+        solver: SolverInfo {
+            name: "none".into(),
+            status: Status::Heuristic,
+            solve_ms: 0.0,
+            rounds: 0,
+            variables: 0,
+            constraints: 0,
+        },
+        profiles: Vec::new(),
+    }
+}
+
 /// Works out why a problem is infeasible: the best each total can reach alone, which budgets
 /// are out of reach on their own, and the smallest SLO the other budgets allow.
 pub fn explain(p: &Problem, workflow: &str, opts: &Options) -> Infeasible {

@@ -69,23 +69,6 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
-    /// Exponential backoff with full jitter: a random wait in [0, base * 2^attempt], capped.
-    fn backoff(&self, attempt: u32, seed: u64) -> Duration {
-        let ceiling = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.max_delay);
-        // splitmix64: jitter needs spread, not cryptographic randomness.
-        let mut z =
-            seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(u64::from(attempt) + 1));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ceiling.mul_f64((z >> 11) as f64 / (1u64 << 53) as f64)
-    }
-}
-
 /// A finished remote completion and what it took.
 #[derive(Debug, Clone, Serialize)]
 pub struct Completion {
@@ -190,7 +173,9 @@ impl OpenAiBackend {
             if attempt >= self.policy.attempts || matches!(error, HttpError::Deadline { .. }) {
                 return Err(error);
             }
-            let wait = retry_after.unwrap_or_else(|| self.policy.backoff(attempt, seed));
+            let wait = retry_after.unwrap_or_else(|| {
+                super::backoff(self.policy.base_delay, self.policy.max_delay, attempt, seed)
+            });
             if Instant::now() + wait >= deadline {
                 return Err(error);
             }
@@ -359,23 +344,6 @@ fn is_loopback(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_jittered_and_capped() {
-        let policy = RetryPolicy {
-            attempts: 10,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            deadline: Duration::from_secs(60),
-        };
-        for attempt in 1..10 {
-            let ceiling = Duration::from_millis(100 << attempt).min(Duration::from_secs(1));
-            let waits: Vec<Duration> = (0..50).map(|seed| policy.backoff(attempt, seed)).collect();
-            assert!(waits.iter().all(|w| *w <= ceiling), "attempt {attempt}");
-            let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
-            assert!(distinct.len() > 40, "jitter spreads the waits");
-        }
-    }
 
     #[test]
     fn transient_errors_are_the_retryable_ones() {

@@ -1,0 +1,345 @@
+//! The report of a run: per step, what the plan predicted against what was measured, totals
+//! against the budgets, and whether the SLO was met. People read [`Report::to_text`], programs
+//! the JSON, and `timeline.svg` shows both schedules as a Gantt chart per device.
+//!
+//! Energy figures carry their method (`nvml`, `rapl`, `estimate`); a total is labelled with
+//! the weakest method among its parts, so one estimated step makes the total an estimate.
+
+use std::fmt::Write;
+
+use joule_planner::plan::{Plan, format_cost, format_energy};
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::meter::Method;
+use crate::runtime::event::weakest;
+use crate::runtime::{Outcome, RunStatus};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub id: String,
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub model: Option<String>,
+    pub device: String,
+    pub attempts: u32,
+    pub latency_s: f64,
+    pub energy_j: f64,
+    pub energy_method: Option<Method>,
+    pub cost_usd: f64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub started_s: Option<f64>,
+    pub ended_s: Option<f64>,
+    pub resumed: bool,
+    pub predicted_latency_s: f64,
+    pub predicted_energy_j: f64,
+    pub predicted_cost_usd: f64,
+    pub predicted_start_s: f64,
+    pub predicted_end_s: f64,
+    /// Whether it ran on the planned config (fallback and re-planning change it).
+    pub as_planned: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReportTotals {
+    /// Wall time of the run.
+    pub latency_s: f64,
+    pub energy_j: f64,
+    pub energy_method: Option<Method>,
+    pub cost_usd: f64,
+    pub predicted_latency_s: f64,
+    pub predicted_energy_j: f64,
+    pub predicted_cost_usd: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run_id: String,
+    pub workflow: String,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub outputs: serde_json::Value,
+    pub steps: Vec<StepReport>,
+    pub totals: ReportTotals,
+    pub budget: joule_planner::spec::Budget,
+    /// `None` when the workflow has no latency SLO.
+    pub slo_met: Option<bool>,
+    pub energy_within_budget: Option<bool>,
+    pub cost_within_budget: Option<bool>,
+    pub replans: u32,
+}
+
+impl Report {
+    pub fn new(plan: &Plan, outcome: &Outcome) -> Self {
+        let steps: Vec<StepReport> = outcome
+            .steps
+            .iter()
+            .zip(&plan.steps)
+            .map(|(r, p)| StepReport {
+                id: r.id.clone(),
+                kind: r.kind,
+                status: r.status,
+                model: r.config.model.clone(),
+                device: r.config.device.clone(),
+                attempts: r.attempts,
+                latency_s: r.figures.latency_s,
+                energy_j: r.figures.energy_j,
+                energy_method: r.figures.energy_method,
+                cost_usd: r.figures.cost_usd,
+                tokens_in: r.figures.tokens_in,
+                tokens_out: r.figures.tokens_out,
+                started_s: r.started_s,
+                ended_s: r.ended_s,
+                resumed: r.resumed,
+                predicted_latency_s: p.latency_s,
+                predicted_energy_j: p.energy_j,
+                predicted_cost_usd: p.cost_usd,
+                predicted_start_s: p.start_s,
+                predicted_end_s: p.end_s,
+                as_planned: r.kind != "llm"
+                    || (r.config.model == p.model && r.config.device == p.device),
+                error: r.error.clone(),
+            })
+            .collect();
+        let energy_method = steps
+            .iter()
+            .filter(|s| s.energy_j > 0.0)
+            .fold(None, |m, s| weakest(m, s.energy_method));
+        let totals = ReportTotals {
+            latency_s: outcome.wall_s,
+            energy_j: steps.iter().map(|s| s.energy_j).sum(),
+            energy_method,
+            cost_usd: steps.iter().map(|s| s.cost_usd).sum(),
+            predicted_latency_s: plan.totals.latency_s,
+            predicted_energy_j: plan.totals.energy_j,
+            predicted_cost_usd: plan.totals.cost_usd,
+        };
+        let b = plan.budget;
+        let finished = outcome.status == RunStatus::Succeeded;
+        Self {
+            run_id: outcome.run_id.clone(),
+            workflow: plan.workflow.clone(),
+            status: outcome.status,
+            error: outcome.error.clone(),
+            outputs: outcome.outputs.clone(),
+            steps,
+            totals,
+            budget: b,
+            slo_met: b.latency_s.map(|l| finished && totals.latency_s <= l),
+            energy_within_budget: b.energy_j.map(|e| totals.energy_j <= e),
+            cost_within_budget: b.cost_usd.map(|c| totals.cost_usd <= c),
+            replans: outcome.replans,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    /// The report as a table for people.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let method = |m: Option<Method>| m.map_or("-".to_string(), |m| method_name(m).to_string());
+        let id_w = self
+            .steps
+            .iter()
+            .map(|s| s.id.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let cfg = |s: &StepReport| match &s.model {
+            Some(m) => format!("{m}@{}", s.device),
+            None => format!("({})", s.kind),
+        };
+        let cfg_w = self
+            .steps
+            .iter()
+            .map(|s| cfg(s).len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        let _ = writeln!(
+            out,
+            "{:id_w$}  {:9}  {:cfg_w$}  {:>18}  {:>20}  {:>9}  {:>4}",
+            "step", "status", "config", "latency s (plan)", "energy J (method)", "cost $", "calls"
+        );
+        for s in &self.steps {
+            let flag = if s.resumed {
+                " (resumed)"
+            } else if !s.as_planned {
+                " (moved)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "{:id_w$}  {:9}  {:cfg_w$}  {:>18}  {:>20}  {:>9.6}  {:>4}{flag}",
+                s.id,
+                s.status,
+                cfg(s),
+                format!("{:.2} ({:.2})", s.latency_s, s.predicted_latency_s),
+                format!("{:.1} ({})", s.energy_j, method(s.energy_method)),
+                s.cost_usd,
+                s.attempts,
+            );
+            if let Some(e) = &s.error {
+                let _ = writeln!(out, "{:id_w$}  error: {e}", "");
+            }
+        }
+        let t = &self.totals;
+        let budget = |limit: Option<f64>, f: &dyn Fn(f64) -> String| {
+            limit.map_or("no budget".to_string(), |l| format!("budget {}", f(l)))
+        };
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "latency {:.2} s (predicted {:.2} s, {})",
+            t.latency_s,
+            t.predicted_latency_s,
+            budget(self.budget.latency_s, &|l| format!("{l:.1} s"))
+        );
+        let _ = writeln!(
+            out,
+            "energy  {} [{}] (predicted {}, {})",
+            format_energy(t.energy_j),
+            method(t.energy_method),
+            format_energy(t.predicted_energy_j),
+            budget(self.budget.energy_j, &format_energy)
+        );
+        let _ = writeln!(
+            out,
+            "cost    {} (predicted {}, {})",
+            format_cost(t.cost_usd),
+            format_cost(t.predicted_cost_usd),
+            budget(self.budget.cost_usd, &format_cost)
+        );
+        let verdict = match self.slo_met {
+            Some(true) => "SLO met",
+            Some(false) => "SLO MISSED",
+            None => "no SLO",
+        };
+        let _ = writeln!(
+            out,
+            "run {} {}: {verdict}{}",
+            self.run_id,
+            self.status.as_str(),
+            if self.replans > 0 {
+                format!(", re-planned {} time(s)", self.replans)
+            } else {
+                String::new()
+            }
+        );
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "error: {e}");
+        }
+        out
+    }
+
+    /// A Gantt chart of the run: one row per step, grouped by device, the planned interval as
+    /// an outline and the measured one filled.
+    pub fn timeline_svg(&self) -> Result<String, String> {
+        let mut rows: Vec<&StepReport> = self.steps.iter().collect();
+        rows.sort_by(|a, b| {
+            a.device
+                .cmp(&b.device)
+                .then(a.predicted_start_s.total_cmp(&b.predicted_start_s))
+        });
+        let end = self
+            .steps
+            .iter()
+            .map(|s| s.ended_s.unwrap_or(0.0).max(s.predicted_end_s))
+            .fold(self.totals.latency_s, f64::max)
+            .max(1e-3);
+        let height = 120 + 28 * rows.len() as u32;
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, (900, height)).into_drawing_area();
+            root.fill(&WHITE).map_err(|e| e.to_string())?;
+            let title = format!(
+                "{} run {}: planned (outline) and measured (filled)",
+                self.workflow, self.run_id
+            );
+            let root = root
+                .titled(&title, ("sans-serif", 16))
+                .map_err(|e| e.to_string())?;
+            let n = rows.len().max(1);
+            let labels: Vec<String> = rows
+                .iter()
+                .map(|s| format!("{} [{}]", s.id, s.device))
+                .collect();
+            let mut chart = ChartBuilder::on(&root)
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(220)
+                .build_cartesian_2d(0.0..end * 1.05, 0.0..n as f64)
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_desc("seconds from the start of the run")
+                .y_labels(n)
+                .y_label_formatter(&|y| {
+                    let k = (n as f64 - y - 0.5).round();
+                    if k >= 0.0 && (k as usize) < labels.len() && (y.fract() - 0.5).abs() < 0.26 {
+                        labels[k as usize].clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .disable_y_mesh()
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for (k, s) in rows.iter().enumerate() {
+                let y = (n - k - 1) as f64;
+                let color = match s.status {
+                    "succeeded" => RGBColor(46, 125, 50),
+                    "skipped" => RGBColor(158, 158, 158),
+                    _ => RGBColor(198, 40, 40),
+                };
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [
+                            (s.predicted_start_s, y + 0.15),
+                            (
+                                s.predicted_end_s.max(s.predicted_start_s + end * 0.002),
+                                y + 0.85,
+                            ),
+                        ],
+                        BLUE.stroke_width(1),
+                    )))
+                    .map_err(|e| e.to_string())?;
+                if let (Some(a), Some(b)) = (s.started_s, s.ended_s) {
+                    chart
+                        .draw_series(std::iter::once(Rectangle::new(
+                            [(a, y + 0.3), (b.max(a + end * 0.002), y + 0.7)],
+                            color.filled(),
+                        )))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            root.present().map_err(|e| e.to_string())?;
+        }
+        Ok(svg)
+    }
+
+    /// Writes `report.json` and `timeline.svg` into `dir`.
+    pub fn write(&self, dir: &std::path::Path) -> Result<(), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let json = serde_json::to_string_pretty(&self.to_json()).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("report.json"), json + "\n")
+            .map_err(|e| format!("{}: {e}", dir.join("report.json").display()))?;
+        std::fs::write(dir.join("timeline.svg"), self.timeline_svg()?)
+            .map_err(|e| format!("{}: {e}", dir.join("timeline.svg").display()))?;
+        Ok(())
+    }
+}
+
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Nvml => "nvml",
+        Method::Rapl => "rapl",
+        Method::Estimate => "estimate",
+        Method::Clock => "clock",
+    }
+}
