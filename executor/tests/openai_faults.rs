@@ -3,107 +3,13 @@
 //! are the failures a real remote server produces at random; here they are produced on demand,
 //! over real TCP, to show that none of them hangs a call or passes for a good answer.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use common::fault::{Fault, injector};
 use joule_executor::backend::openai::{HttpError, OpenAiBackend, RetryPolicy};
 use joule_executor::openai::ChatRequest;
-
-#[derive(Clone, Debug)]
-enum Fault {
-    Answer(&'static str),
-    Stream(&'static [&'static str]),
-    /// A stream whose body ends after these pieces without `[DONE]`.
-    Cut(&'static [&'static str]),
-    Status(u16, Option<&'static str>),
-    /// Never answers.
-    Hang,
-}
-
-#[derive(Default)]
-struct Script {
-    faults: VecDeque<Fault>,
-    requests: usize,
-}
-
-type Shared = Arc<Mutex<Script>>;
-
-fn completion(text: &str) -> serde_json::Value {
-    serde_json::json!({
-        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    })
-}
-
-fn sse(pieces: &[&str], done: bool) -> String {
-    let mut body = String::new();
-    for piece in pieces {
-        let chunk = serde_json::json!({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
-            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
-        body.push_str(&format!("data: {chunk}\n\n"));
-    }
-    if done {
-        let last = serde_json::json!({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
-        body.push_str(&format!("data: {last}\n\ndata: [DONE]\n\n"));
-    }
-    body
-}
-
-async fn chat(State(script): State<Shared>) -> Response {
-    let fault = {
-        let mut s = script.lock().unwrap();
-        s.requests += 1;
-        s.faults.pop_front().unwrap_or(Fault::Status(500, None))
-    };
-    match fault {
-        Fault::Answer(text) => axum::Json(completion(text)).into_response(),
-        Fault::Stream(pieces) => {
-            ([("content-type", "text/event-stream")], sse(pieces, true)).into_response()
-        }
-        Fault::Cut(pieces) => {
-            ([("content-type", "text/event-stream")], sse(pieces, false)).into_response()
-        }
-        Fault::Status(code, retry_after) => {
-            let mut r = (
-                StatusCode::from_u16(code).unwrap(),
-                axum::Json(serde_json::json!({"error": {"message": format!("injected {code}"), "type": "x", "param": null, "code": null}})),
-            )
-                .into_response();
-            if let Some(after) = retry_after {
-                r.headers_mut()
-                    .insert("retry-after", after.parse().unwrap());
-            }
-            r
-        }
-        Fault::Hang => {
-            std::future::pending::<()>().await;
-            Body::empty().into_response()
-        }
-    }
-}
-
-async fn injector(faults: Vec<Fault>) -> (String, Shared) {
-    let script: Shared = Arc::new(Mutex::new(Script {
-        faults: faults.into(),
-        requests: 0,
-    }));
-    let app = Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .with_state(script.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/v1"), script)
-}
 
 fn request(stream: bool) -> ChatRequest {
     ChatRequest::user("m", "hi", 8, stream)

@@ -195,8 +195,13 @@ impl Router {
             });
         }
         if let Some(endpoint) = self.endpoints.get(&c.device) {
+            // Streamed, so a server that stalls or cuts the answer is caught as it happens, and
+            // with usage in the last event, for the cost.
             let mut request =
-                crate::openai::ChatRequest::user(&c.model, &c.prompt, c.max_tokens.into(), false);
+                crate::openai::ChatRequest::user(&c.model, &c.prompt, c.max_tokens.into(), true);
+            request.stream_options = Some(crate::openai::StreamOptions {
+                include_usage: true,
+            });
             if let Some(system) = &c.system {
                 request.messages.insert(
                     0,

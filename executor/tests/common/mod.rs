@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fault;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 

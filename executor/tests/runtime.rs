@@ -1,0 +1,543 @@
+//! The scheduler without models: value and tool steps, real child processes, the fault
+//! injector standing in for a remote endpoint, the SQLite store, resume and replay.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::fault::{Fault, injector};
+use joule_executor::backend::openai::{OpenAiBackend, RetryPolicy};
+use joule_executor::backend::{Backend, Recorded, Router};
+use joule_executor::runtime::{
+    Cancel, Event, Executor, Job, Options, Outcome, Prior, Record, RunStatus, Sink, SinkError,
+};
+use joule_executor::store::{NewRun, Store};
+use joule_planner::catalog::Catalog;
+use joule_planner::plan::{self, Plan};
+use joule_planner::profile::Profiles;
+use joule_planner::{Dag, SourceFile};
+
+/// Keeps every event, for assertions.
+#[derive(Default)]
+struct Events(Vec<Record>);
+
+impl Sink for Events {
+    fn record(&mut self, r: &Record) -> Result<(), SinkError> {
+        self.0.push(r.clone());
+        Ok(())
+    }
+}
+
+impl Events {
+    fn count(&self, f: impl Fn(&Event) -> bool) -> usize {
+        self.0.iter().filter(|r| f(&r.event)).count()
+    }
+}
+
+const TOOLS: &str = r#"
+tools:
+  - name: fail
+    program: "false"
+  - name: echo
+    program: echo
+    argv: ["{text}"]
+    args:
+      text: { type: string }
+  - name: list
+    program: ls
+    argv: ["{path}"]
+    args:
+      path: { type: path }
+  - name: sleep
+    program: sh
+    argv: ["-c", "sleep 30 & sleep 30", "sh"]
+"#;
+
+/// The built-in catalog with the test's tools instead of the shipped ones.
+fn catalog() -> Catalog {
+    #[derive(serde::Deserialize)]
+    struct Tools {
+        tools: Vec<joule_planner::catalog::Tool>,
+    }
+    let tools: Tools =
+        joule_planner::spec::from_yaml(&SourceFile::new("tools.yaml", TOOLS)).unwrap();
+    let mut catalog = Catalog::builtin();
+    catalog.tools = tools.tools;
+    catalog
+}
+
+fn compile(yaml: &str, catalog: &Catalog) -> Dag {
+    joule_planner::compile_source(&SourceFile::new("w.yaml", yaml), &catalog.compile_context())
+        .unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// A plan that puts each llm step on `device` with model `m`.
+fn plan_on(dag: &Dag, device: &str) -> Plan {
+    let mut p = plan::empty(&dag.workflow);
+    for (s, step) in p.steps.iter_mut().zip(&dag.workflow.steps) {
+        if step.kind.name() == "llm" {
+            s.model = Some("m".into());
+            s.device = device.into();
+        }
+    }
+    p
+}
+
+async fn run_with(
+    backend: Arc<dyn Backend>,
+    catalog: Catalog,
+    dag: Dag,
+    plan: Plan,
+    inputs: serde_json::Value,
+    prior: Prior,
+    sinks: &mut [&mut dyn Sink],
+) -> Outcome {
+    let executor = Executor::new(
+        backend,
+        Arc::new(catalog),
+        Arc::new(Profiles::reference()),
+        Options::default(),
+    );
+    let job = Job {
+        run_id: "test".into(),
+        dag: Arc::new(dag),
+        plan,
+        problem: None,
+        inputs: inputs.as_object().cloned().unwrap_or_default(),
+        prior,
+    };
+    executor.run(job, sinks, &Cancel::new()).await.unwrap()
+}
+
+fn router(catalog: &Catalog) -> Arc<dyn Backend> {
+    Arc::new(Router::new(
+        Arc::new(catalog.clone()),
+        std::env::current_dir().unwrap(),
+    ))
+}
+
+#[tokio::test]
+async fn for_each_fans_out_and_a_later_step_fans_in() {
+    let catalog = catalog();
+    let dag = compile(
+        r#"
+name: fan
+inputs:
+  words: { type: array }
+steps:
+  shout:
+    for_each: "{{ inputs.words }}"
+    value: "{{ item | upper }}"
+  echoed:
+    for_each: "{{ steps.shout.output }}"
+    tool: echo
+    args: { text: "{{ item }}!" }
+  joined:
+    value: "{{ steps.echoed.output | join(' ') }}"
+  never:
+    when: "{{ steps.joined.output | length > 1000 }}"
+    value: "unreachable"
+outputs:
+  all: "{{ steps.joined.output }}"
+  skipped: "{% if steps.never.output is none %}skipped{% endif %}"
+policy: { tools: [echo] }
+"#,
+        &catalog,
+    );
+    let plan = plan_on(&dag, "cpu");
+    let mut events = Events::default();
+    let out = run_with(
+        router(&catalog),
+        catalog,
+        dag,
+        plan,
+        serde_json::json!({"words": ["a", "b", "c"]}),
+        Prior::default(),
+        &mut [&mut events],
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(out.outputs["all"], "A! B! C!");
+    assert_eq!(out.outputs["skipped"], "skipped");
+    assert_eq!(events.count(|e| matches!(e, Event::ElementEnded { .. })), 3);
+    assert_eq!(
+        events.count(|e| matches!(e, Event::StepSkipped { step, .. } if step == "never")),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_failing_tool_is_retried_then_fails_the_run_with_its_error() {
+    let catalog = catalog();
+    let dag = compile(
+        r#"
+name: failing
+steps:
+  broken:
+    tool: fail
+    retry: 2
+    backoff: 10ms
+  after:
+    value: "{{ steps.broken.output }}"
+policy: { tools: [fail] }
+"#,
+        &catalog,
+    );
+    let plan = plan_on(&dag, "cpu");
+    let mut events = Events::default();
+    let out = run_with(
+        router(&catalog),
+        catalog,
+        dag,
+        plan,
+        serde_json::json!({}),
+        Prior::default(),
+        &mut [&mut events],
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Failed);
+    let error = out.error.unwrap();
+    assert!(error.contains("step `broken`"), "{error}");
+    assert!(error.contains("exit code 1"), "{error}");
+    assert!(error.contains("after 3 attempts"), "{error}");
+    assert_eq!(
+        events.count(|e| matches!(e, Event::AttemptStarted { .. })),
+        3
+    );
+    assert_eq!(
+        out.steps[1].status, "not_run",
+        "nothing runs after a failure"
+    );
+}
+
+#[tokio::test]
+async fn tool_arguments_are_argv_never_shell_and_paths_stay_inside() {
+    let catalog = catalog();
+    let marker = std::env::temp_dir().join(format!("joule-pwned-{}", std::process::id()));
+    let dag = compile(
+        &format!(
+            r#"
+name: hostile
+inputs:
+  text: {{ type: string }}
+steps:
+  say:
+    tool: echo
+    args: {{ text: "{{{{ inputs.text }}}}" }}
+outputs:
+  said: "{{{{ steps.say.output }}}}"
+policy: {{ tools: [echo] }}
+"#
+        ),
+        &catalog,
+    );
+    let hostile = format!(
+        "$(touch {m}); `touch {m}`; echo hi > {m}",
+        m = marker.display()
+    );
+    let plan = plan_on(&dag, "cpu");
+    let out = run_with(
+        router(&catalog),
+        catalog.clone(),
+        dag,
+        plan,
+        serde_json::json!({ "text": hostile }),
+        Prior::default(),
+        &mut [],
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(out.outputs["said"], hostile.as_str());
+    assert!(!marker.exists(), "the text reached a shell");
+
+    let dag = compile(
+        r#"
+name: escape
+steps:
+  peek:
+    tool: list
+    args: { path: "../../../../etc" }
+policy: { tools: [list] }
+"#,
+        &catalog,
+    );
+    let plan = plan_on(&dag, "cpu");
+    let out = run_with(
+        router(&catalog),
+        catalog,
+        dag,
+        plan,
+        serde_json::json!({}),
+        Prior::default(),
+        &mut [],
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Failed);
+    let error = out.error.unwrap();
+    assert!(
+        error.contains("outside the workflow's directory"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_tool_past_its_timeout_is_killed_with_its_children() {
+    let catalog = catalog();
+    let dag = compile(
+        r#"
+name: slow
+steps:
+  nap:
+    tool: sleep
+    timeout: 300ms
+policy: { tools: [sleep] }
+"#,
+        &catalog,
+    );
+    let plan = plan_on(&dag, "cpu");
+    let started = Instant::now();
+    let out = run_with(
+        router(&catalog),
+        catalog,
+        dag,
+        plan,
+        serde_json::json!({}),
+        Prior::default(),
+        &mut [],
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the run did not wait for the tool"
+    );
+    assert_eq!(out.status, RunStatus::Failed);
+    assert!(
+        out.error
+            .as_deref()
+            .unwrap()
+            .contains("limit and was killed"),
+        "{:?}",
+        out.error
+    );
+}
+
+fn endpoint_workflow(catalog: &Catalog, timeout: &str) -> Dag {
+    compile(
+        &format!(
+            r#"
+name: remote
+policy: {{ providers: [lan-joule] }}
+steps:
+  ask:
+    prompt: "say hi"
+    max_tokens: 4
+    retry: 1
+    backoff: 10ms
+    timeout: {timeout}
+outputs:
+  answer: "{{{{ steps.ask.output }}}}"
+"#
+        ),
+        catalog,
+    )
+}
+
+fn endpoint_router(catalog: &Catalog, url: &str) -> Arc<dyn Backend> {
+    let policy = RetryPolicy {
+        attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        deadline: Duration::from_secs(5),
+    };
+    Arc::new(
+        Router::new(Arc::new(catalog.clone()), std::env::current_dir().unwrap())
+            .with_endpoint("lan-joule", OpenAiBackend::new(url, None, policy).unwrap()),
+    )
+}
+
+#[tokio::test]
+async fn an_endpoint_that_rate_limits_then_answers_completes_the_run() {
+    let catalog = catalog();
+    let (url, script) = injector(vec![Fault::Status(429, None), Fault::Stream(&["hel", "lo"])]).await;
+    let dag = endpoint_workflow(&catalog, "5s");
+    let plan = plan_on(&dag, "lan-joule");
+    let mut events = Events::default();
+    let out = run_with(
+        endpoint_router(&catalog, &url),
+        catalog,
+        dag,
+        plan,
+        serde_json::json!({}),
+        Prior::default(),
+        &mut [&mut events],
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(out.outputs["answer"], "hello");
+    assert_eq!(script.lock().unwrap().requests, 2);
+    let step = &out.steps[0];
+    assert_eq!((step.figures.tokens_in, step.figures.tokens_out), (3, 2));
+}
+
+#[tokio::test]
+async fn hanging_failing_and_cut_endpoints_end_the_run_instead_of_hanging_it() {
+    for (faults, expect) in [
+        (vec![Fault::Hang, Fault::Hang], "timed out"),
+        (vec![Fault::Status(500, None); 8], "HTTP 500"),
+        (vec![Fault::Cut(&["par", "tial"]); 8], "before `[DONE]`"),
+    ] {
+        let catalog = catalog();
+        let (url, _) = injector(faults).await;
+        let dag = endpoint_workflow(&catalog, "1s");
+        let plan = plan_on(&dag, "lan-joule");
+        let started = Instant::now();
+        let out = run_with(
+            endpoint_router(&catalog, &url),
+            catalog,
+            dag,
+            plan,
+            serde_json::json!({}),
+            Prior::default(),
+            &mut [],
+        )
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{expect}: the run hung"
+        );
+        assert_eq!(out.status, RunStatus::Failed, "{expect}");
+        let error = out.error.unwrap();
+        assert!(error.contains(expect), "{expect}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn the_store_resumes_without_rerunning_and_replays_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let catalog = catalog();
+    let yaml = r#"
+name: chain
+inputs:
+  n: { type: integer }
+steps:
+  a:
+    tool: echo
+    args: { text: "a{{ inputs.n }}" }
+  b:
+    for_each: "{{ [1, 2, 3] }}"
+    tool: echo
+    args: { text: "{{ steps.a.output }}-{{ item }}" }
+  c:
+    tool: echo
+    args: { text: "{{ steps.b.output | join('+') }}" }
+outputs:
+  c: "{{ steps.c.output }}"
+policy: { tools: [echo] }
+"#;
+    let dag = compile(yaml, &catalog);
+    let plan = plan_on(&dag, "cpu");
+    let inputs = serde_json::json!({"n": 7});
+    let mut store = Store::open(&db).unwrap();
+    let id = store.new_run_id().unwrap();
+    store
+        .create_run(&NewRun {
+            id: &id,
+            workflow: "chain",
+            file: "w.yaml",
+            source: yaml,
+            inputs: &inputs,
+            plan: &plan.to_json(),
+            options: &serde_json::json!({}),
+        })
+        .unwrap();
+    let executor = Executor::new(
+        router(&catalog),
+        Arc::new(catalog.clone()),
+        Arc::new(Profiles::reference()),
+        Options::default(),
+    );
+    let job = |prior| Job {
+        run_id: id.clone(),
+        dag: Arc::new(compile(yaml, &catalog)),
+        plan: plan.clone(),
+        problem: None,
+        inputs: inputs.as_object().cloned().unwrap(),
+        prior,
+    };
+    let first = executor
+        .run(job(Prior::default()), &mut [&mut store], &Cancel::new())
+        .await
+        .unwrap();
+    assert_eq!(first.outputs["c"], "a7-1+a7-2+a7-3");
+
+    // Forget that `c` and one element of `b` finished, as a kill between them would.
+    let mut prior = store.prior(&id).unwrap();
+    assert_eq!(prior.steps.len(), 3);
+    prior.steps.remove("c");
+    prior.steps.remove("b");
+    prior.elements.remove(&("b".to_string(), 1));
+    let mut events = Events::default();
+    store.reopen_run(&id).unwrap();
+    let resumed = executor
+        .run(job(prior), &mut [&mut store, &mut events], &Cancel::new())
+        .await
+        .unwrap();
+    assert_eq!(resumed.outputs, first.outputs);
+    let ran: Vec<(String, Option<usize>)> = events
+        .0
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::AttemptStarted { step, index, .. } => Some((step.clone(), *index)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ran,
+        [("b".to_string(), Some(1)), ("c".to_string(), None)],
+        "only unfinished work ran again"
+    );
+
+    // A replay answers from the record: no process runs, and the outputs match.
+    let recorded = store.recorded(&id).unwrap();
+    assert_eq!(recorded.len(), 5, "a, three elements of b, and c");
+    let replayer = Executor::new(
+        Arc::new(Recorded { answers: recorded }),
+        Arc::new(Catalog::builtin()),
+        Arc::new(Profiles::reference()),
+        Options {
+            no_backoff: true,
+            ..Options::default()
+        },
+    );
+    let replay = replayer
+        .run(job(Prior::default()), &mut [], &Cancel::new())
+        .await
+        .unwrap();
+    assert_eq!(replay.status, RunStatus::Succeeded, "{:?}", replay.error);
+    assert_eq!(replay.outputs, first.outputs);
+
+    // A different input changes a call, and the replay says where it diverged.
+    let mut changed = job(Prior::default());
+    changed.inputs.insert("n".into(), serde_json::json!(8));
+    let recorded = store.recorded(&id).unwrap();
+    let replayer = Executor::new(
+        Arc::new(Recorded { answers: recorded }),
+        Arc::new(Catalog::builtin()),
+        Arc::new(Profiles::reference()),
+        Options {
+            no_backoff: true,
+            ..Options::default()
+        },
+    );
+    let diverged = replayer
+        .run(changed, &mut [], &Cancel::new())
+        .await
+        .unwrap();
+    assert_eq!(diverged.status, RunStatus::Failed);
+    assert!(diverged.error.unwrap().contains("diverged at step `a`"));
+    let summary = store.list(10).unwrap();
+    assert_eq!(summary[0].id, id);
+    assert_eq!(summary[0].status, "succeeded");
+}
