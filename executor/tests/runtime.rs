@@ -216,20 +216,18 @@ async fn tool_arguments_are_argv_never_shell_and_paths_stay_inside() {
     let catalog = catalog();
     let marker = std::env::temp_dir().join(format!("joule-pwned-{}", std::process::id()));
     let dag = compile(
-        &format!(
-            r#"
+        r#"
 name: hostile
 inputs:
-  text: {{ type: string }}
+  text: { type: string }
 steps:
   say:
     tool: echo
-    args: {{ text: "{{{{ inputs.text }}}}" }}
+    args: { text: "{{ inputs.text }}" }
 outputs:
-  said: "{{{{ steps.say.output }}}}"
-policy: {{ tools: [echo] }}
-"#
-        ),
+  said: "{{ steps.say.output }}"
+policy: { tools: [echo] }
+"#,
         &catalog,
     );
     let hostile = format!(
@@ -359,7 +357,11 @@ fn endpoint_router(catalog: &Catalog, url: &str) -> Arc<dyn Backend> {
 #[tokio::test]
 async fn an_endpoint_that_rate_limits_then_answers_completes_the_run() {
     let catalog = catalog();
-    let (url, script) = injector(vec![Fault::Status(429, None), Fault::Stream(&["hel", "lo"])]).await;
+    let (url, script) = injector(vec![
+        Fault::Status(429, None),
+        Fault::Stream(&["hel", "lo"]),
+    ])
+    .await;
     let dag = endpoint_workflow(&catalog, "5s");
     let plan = plan_on(&dag, "lan-joule");
     let mut events = Events::default();
