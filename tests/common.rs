@@ -2,8 +2,9 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 pub fn joule() -> Command {
     Command::new(env!("CARGO_BIN_EXE_joule"))
@@ -51,4 +52,38 @@ pub fn ensure_smol() {
         let (code, out, err) = run_in(&repo(), &["models", "fetch", "smollm2-135m"]);
         assert_eq!(code, 0, "fetching smollm2-135m failed:\n{out}\n{err}");
     });
+}
+
+pub struct Server {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`, without `/v1`.
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server on a free port and waits for the line that says where it listens.
+pub fn server() -> Server {
+    ensure_smol();
+    let mut child = joule()
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("joule serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches("/v1")
+        .to_string();
+    Server { child, base }
 }

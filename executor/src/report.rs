@@ -273,16 +273,17 @@ impl Report {
                 .margin(12)
                 .x_label_area_size(36)
                 .y_label_area_size(220)
-                .build_cartesian_2d(0.0..end * 1.05, 0.0..n as f64)
+                .build_cartesian_2d(0.0..end * 1.05, -0.5..n as f64 - 0.5)
                 .map_err(|e| e.to_string())?;
             chart
                 .configure_mesh()
                 .x_desc("seconds from the start of the run")
                 .y_labels(n)
                 .y_label_formatter(&|y| {
-                    let k = (n as f64 - y - 0.5).round();
-                    if k >= 0.0 && (k as usize) < labels.len() && (y.fract() - 0.5).abs() < 0.26 {
-                        labels[k as usize].clone()
+                    // Row k (from the top) is centred on y = n - 1 - k.
+                    let k = n as f64 - 1.0 - y;
+                    if (k - k.round()).abs() < 1e-6 && k >= 0.0 && (k as usize) < labels.len() {
+                        labels[k.round() as usize].clone()
                     } else {
                         String::new()
                     }
@@ -312,7 +313,7 @@ impl Report {
                 if let (Some(a), Some(b)) = (s.started_s, s.ended_s) {
                     chart
                         .draw_series(std::iter::once(Rectangle::new(
-                            [(a, y + 0.3), (b.max(a + end * 0.002), y + 0.7)],
+                            [(a, y - 0.2), (b.max(a + end * 0.002), y + 0.2)],
                             color.filled(),
                         )))
                         .map_err(|e| e.to_string())?;
