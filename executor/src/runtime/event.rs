@@ -109,12 +109,6 @@ pub enum Event {
         transient: bool,
         figures: Figures,
     },
-    /// Tokens generated so far by a running call (for progress displays; not stored).
-    Progress {
-        step: String,
-        index: Option<usize>,
-        tokens: u64,
-    },
     /// The attempts on one config were used up; the next-best one the plan allows is tried.
     Fallback {
         step: String,
@@ -170,7 +164,6 @@ impl Event {
             Event::RunStarted { .. } => "run_started",
             Event::AttemptStarted { .. } => "attempt_started",
             Event::AttemptEnded { .. } => "attempt_ended",
-            Event::Progress { .. } => "progress",
             Event::Fallback { .. } => "fallback",
             Event::ElementEnded { .. } => "element_ended",
             Event::StepSkipped { .. } => "step_skipped",

@@ -966,7 +966,9 @@ fn replan(
         return None;
     }
     q.budget.latency_s = Some((slo - elapsed).max(0.001));
-    let solved = solve::solve(&q, &solve::Options::default());
+    // The run waits while this solves: a second is plenty for the steps that are left, and a
+    // time-limited answer is still a feasible one.
+    let solved = solve::solve(&q, &solve::Options { time_limit_s: 1.0 });
     let (note, changes) = match solved {
         Ok(s) if s.status != solve::Status::Infeasible => {
             let mut changes = Vec::new();

@@ -257,7 +257,9 @@ impl LocalBackend {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let mut ids: Vec<String> = slots
             .iter()
-            .filter(|(_, s)| s.try_lock().map(|s| s.model.is_some()).unwrap_or(true))
+            // A slot is locked only while its model loads (requests take the `Arc` and let
+            // go), so a locked slot is not resident yet.
+            .filter(|(_, s)| s.try_lock().map(|s| s.model.is_some()).unwrap_or(false))
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort();
