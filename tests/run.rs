@@ -413,3 +413,83 @@ fn bad_inputs_are_refused_before_anything_runs() {
     assert!(err.contains("no run `nope`"), "{err}");
     let _ = Command::new("true").status();
 }
+
+#[test]
+fn ctrl_c_stops_the_run_cleanly_and_resume_finishes_it() {
+    ensure_smol();
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("chain.yaml");
+    std::fs::write(&wf, CHAIN).unwrap();
+    let db = dir.path().join("runs.db");
+    let tr = dir.path().join("trace.jsonl");
+    let mut child = joule()
+        .args([
+            "run",
+            wf.to_str().unwrap(),
+            "--input",
+            "topic=tea",
+            "--model",
+            "smollm2-135m",
+        ])
+        .args([
+            "--store",
+            db.to_str().unwrap(),
+            "--trace",
+            tr.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while of(&trace(&tr), "step_ended").count() < 1 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended too soon"
+        );
+        assert!(Instant::now() < deadline, "the run made no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("joule resume"),
+        "it says how to finish: {stderr}"
+    );
+    let events = trace(&tr);
+    let end = events.last().unwrap();
+    assert_eq!(
+        (end["event"].as_str(), end["status"].as_str()),
+        (Some("run_ended"), Some("cancelled"))
+    );
+    let id = events[0]["run_id"].as_str().unwrap().to_string();
+    let (_, shown, _) = run_in(
+        dir.path(),
+        &[
+            "runs",
+            "show",
+            &id,
+            "--store",
+            db.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(json(&shown)["status"], "cancelled");
+    let (code, out, err) = run_in(
+        dir.path(),
+        &["resume", &id, "--store", db.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = json(&out);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(
+        r["steps"][0]["resumed"], true,
+        "the step finished before Ctrl-C is not run again"
+    );
+}

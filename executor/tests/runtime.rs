@@ -14,8 +14,11 @@ use joule_executor::runtime::{
 };
 use joule_executor::store::{NewRun, Store};
 use joule_planner::catalog::Catalog;
+use joule_planner::estimate::{Config, Problem, StepChoices};
+use joule_planner::figure::Source;
 use joule_planner::plan::{self, Plan};
 use joule_planner::profile::Profiles;
+use joule_planner::spec::{Budget, Objective};
 use joule_planner::{Dag, SourceFile};
 
 /// Keeps every event, for assertions.
@@ -52,6 +55,9 @@ tools:
   - name: sleep
     program: sh
     argv: ["-c", "sleep 30 & sleep 30", "sh"]
+  - name: nap
+    program: sh
+    argv: ["-c", "sleep 1.5; echo slept"]
 "#;
 
 /// The built-in catalog with the test's tools instead of the shipped ones.
@@ -542,4 +548,262 @@ policy: { tools: [echo] }
     let summary = store.list(10).unwrap();
     assert_eq!(summary[0].id, id);
     assert_eq!(summary[0].status, "succeeded");
+}
+
+fn config(model: Option<&str>, device: &str, latency_s: f64, energy_j: f64) -> Config {
+    Config {
+        model: model.map(str::to_string),
+        device: device.into(),
+        resource: None,
+        residency: None,
+        latency_s,
+        energy_j,
+        cost_usd: 0.0,
+        quality: None,
+        calls: 1,
+        tokens_in: 10.0,
+        tokens_out: 4.0,
+        source: Source::Estimate,
+    }
+}
+
+fn problem(steps: Vec<(&str, Vec<Config>, Vec<usize>)>, slo: Option<f64>) -> Problem {
+    Problem {
+        steps: steps
+            .into_iter()
+            .map(|(id, configs, preds)| StepChoices {
+                id: id.into(),
+                configs,
+                preds,
+                excluded: Vec::new(),
+            })
+            .collect(),
+        resources: Vec::new(),
+        residencies: Vec::new(),
+        budget: Budget {
+            latency_s: slo,
+            ..Budget::default()
+        },
+        objective: Objective::Energy,
+    }
+}
+
+fn two_endpoints(catalog: &Catalog, a: (&str, &str), b: (&str, &str)) -> Arc<dyn Backend> {
+    let policy = RetryPolicy {
+        attempts: 2,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(20),
+        deadline: Duration::from_secs(5),
+    };
+    Arc::new(
+        Router::new(Arc::new(catalog.clone()), std::env::current_dir().unwrap())
+            .with_endpoint(a.0, OpenAiBackend::new(a.1, None, policy).unwrap())
+            .with_endpoint(b.0, OpenAiBackend::new(b.1, None, policy).unwrap()),
+    )
+}
+
+async fn run_job(
+    backend: Arc<dyn Backend>,
+    catalog: Catalog,
+    job: Job,
+    events: &mut Events,
+) -> Outcome {
+    Executor::new(
+        backend,
+        Arc::new(catalog),
+        Arc::new(Profiles::reference()),
+        Options::default(),
+    )
+    .run(job, &mut [events], &Cancel::new())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn when_a_config_keeps_failing_the_next_best_allowed_one_runs_the_step() {
+    let catalog = catalog();
+    let (bad, _) = injector(vec![Fault::Status(500, None); 10]).await;
+    let (good, _) = injector(vec![Fault::Stream(&["fine"])]).await;
+    let dag = compile(
+        r#"
+name: fallback
+policy: { providers: [lan-joule] }
+steps:
+  ask:
+    prompt: "hi"
+    max_tokens: 4
+outputs:
+  a: "{{ steps.ask.output }}"
+"#,
+        &catalog,
+    );
+    let mut plan = plan_on(&dag, "primary");
+    plan.steps[0].model = Some("m".into());
+    let job = Job {
+        run_id: "fallback".into(),
+        plan,
+        problem: Some(problem(
+            vec![(
+                "ask",
+                vec![
+                    config(Some("m"), "primary", 1.0, 1.0),
+                    config(Some("m"), "spare", 1.0, 2.0),
+                ],
+                vec![],
+            )],
+            None,
+        )),
+        dag: Arc::new(dag),
+        inputs: Default::default(),
+        prior: Prior::default(),
+    };
+    let mut events = Events::default();
+    let out = run_job(
+        two_endpoints(&catalog, ("primary", &bad), ("spare", &good)),
+        catalog,
+        job,
+        &mut events,
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(out.outputs["a"], "fine");
+    assert_eq!(out.steps[0].config.device, "spare");
+    assert_eq!(
+        events.count(|e| matches!(e, Event::Fallback { to, .. } if to.device == "spare")),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_run_behind_its_slo_replans_the_steps_not_yet_started() {
+    let catalog = catalog();
+    let (slow, slow_script) = injector(vec![Fault::Stream(&["slow answer"])]).await;
+    let (fast, _) = injector(vec![Fault::Stream(&["fast answer"])]).await;
+    let dag = compile(
+        r#"
+name: late
+budget: { latency: 10s }
+policy: { providers: [lan-joule], tools: [nap] }
+steps:
+  first:
+    tool: nap
+  second:
+    prompt: "{{ steps.first.output }}, now answer"
+    max_tokens: 4
+outputs:
+  a: "{{ steps.second.output }}"
+"#,
+        &catalog,
+    );
+    // The plan expected `first` to take 10 ms and put `second` on the frugal, slow config,
+    // finishing at 9 s of a 10 s SLO; `first` really takes 1.5 s.
+    let mut plan = plan_on(&dag, "slow");
+    plan.steps[0].end_s = 0.01;
+    plan.steps[1].start_s = 0.01;
+    plan.steps[1].end_s = 9.0;
+    plan.totals.latency_s = 9.0;
+    let job = Job {
+        run_id: "late".into(),
+        plan,
+        problem: Some(problem(
+            vec![
+                ("first", vec![config(None, "host", 0.01, 0.1)], vec![]),
+                (
+                    "second",
+                    vec![
+                        config(Some("m"), "slow", 8.99, 1.0),
+                        config(Some("m"), "fast", 0.5, 5.0),
+                    ],
+                    vec![0],
+                ),
+            ],
+            Some(10.0),
+        )),
+        dag: Arc::new(dag),
+        inputs: Default::default(),
+        prior: Prior::default(),
+    };
+    let mut events = Events::default();
+    let out = run_job(
+        two_endpoints(&catalog, ("slow", &slow), ("fast", &fast)),
+        catalog,
+        job,
+        &mut events,
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(out.outputs["a"], "fast answer");
+    assert_eq!(out.replans, 1);
+    let moved = events.0.iter().find_map(|r| match &r.event {
+        Event::Replanned {
+            changes,
+            projected_s,
+            ..
+        } => Some((changes.clone(), *projected_s)),
+        _ => None,
+    });
+    let (changes, projected) = moved.expect("a re-plan event");
+    assert!(projected > 10.0, "projected {projected}");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        (changes[0].0.as_str(), changes[0].2.device.as_str()),
+        ("second", "fast")
+    );
+    assert_eq!(
+        slow_script.lock().unwrap().requests,
+        0,
+        "the slow config was never called"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_that_breaks_its_output_constraint_is_retried_with_sampling() {
+    let catalog = catalog();
+    let (url, _) = injector(vec![Fault::Stream(&["maybe"]), Fault::Stream(&["Bug."])]).await;
+    let dag = compile(
+        r#"
+name: pick
+policy: { providers: [lan-joule] }
+steps:
+  label:
+    prompt: "bug or feature?"
+    max_tokens: 4
+    retry: 1
+    backoff: 10ms
+    output: [bug, feature]
+outputs:
+  a: "{{ steps.label.output }}"
+"#,
+        &catalog,
+    );
+    let plan = plan_on(&dag, "lan-joule");
+    let mut events = Events::default();
+    let out = run_with(
+        endpoint_router(&catalog, &url),
+        catalog,
+        dag,
+        plan,
+        serde_json::json!({}),
+        Prior::default(),
+        &mut [&mut events],
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(out.outputs["a"], "bug");
+    let temperatures: Vec<f64> = events
+        .0
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::AttemptStarted { call, .. } => call["temperature"].as_f64(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(temperatures, [0.0, 0.7], "greedy first, then sampled");
+    let failed = events.0.iter().find_map(|r| match &r.event {
+        Event::AttemptEnded {
+            ok: false, error, ..
+        } => error.clone(),
+        _ => None,
+    });
+    assert!(failed.unwrap().contains("not one of: bug, feature"));
 }

@@ -86,6 +86,8 @@ pub enum Event {
         workflow: String,
         /// Whether this is a resumed run (finished steps are not run again).
         resumed: bool,
+        /// The plan being run, as `joule plan --json` prints it.
+        plan: serde_json::Value,
     },
     /// An attempt of a call begins; `call` is exactly what was sent (prompt, arguments).
     AttemptStarted {

@@ -345,10 +345,13 @@ impl Executor {
             .collect();
         let inputs = render::from_json(&job.inputs);
         let resumed = !job.prior.steps.is_empty() || !job.prior.elements.is_empty();
-        rec.emit(Event::RunStarted {
-            workflow: wf.name.clone(),
-            resumed,
-        })?;
+        if !rec.quiet {
+            rec.emit(Event::RunStarted {
+                workflow: wf.name.clone(),
+                resumed,
+                plan: job.plan.to_json(),
+            })?;
+        }
 
         let mut slots = vec![Slot::Waiting; n];
         let mut progress = Progress {
