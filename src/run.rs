@@ -707,8 +707,10 @@ impl Sink for Display {
                 if let Some(m) = &self.multi {
                     let bar = m.add(indicatif::ProgressBar::new_spinner());
                     bar.set_style(
-                        indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                            .expect("a valid template"),
+                        indicatif::ProgressStyle::with_template(
+                            "{spinner} {msg} {elapsed} {prefix}",
+                        )
+                        .expect("a valid template"),
                     );
                     bar.enable_steady_tick(std::time::Duration::from_millis(120));
                     bar.set_message(format!(
@@ -729,6 +731,15 @@ impl Sink for Display {
                     if let Some(old) = self.bars.insert((step.clone(), *index), bar) {
                         old.finish_and_clear();
                     }
+                }
+            }
+            Event::Progress {
+                step,
+                index,
+                tokens,
+            } => {
+                if let Some(bar) = self.bars.get(&(step.clone(), *index)) {
+                    bar.set_prefix(format!("{tokens} tokens"));
                 }
             }
             Event::AttemptEnded {

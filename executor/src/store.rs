@@ -422,6 +422,9 @@ impl Store {
     }
 
     fn write(&mut self, r: &Record) -> Result<(), rusqlite::Error> {
+        if matches!(r.event, Event::Progress { .. }) {
+            return Ok(());
+        }
         self.begin()?;
         let body = json(r);
         self.conn

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::runtime::{Record, Sink, SinkError};
+use crate::runtime::{Event, Record, Sink, SinkError};
 
 pub struct Trace {
     out: BufWriter<File>,
@@ -41,6 +41,9 @@ impl Trace {
 
 impl Sink for Trace {
     fn record(&mut self, record: &Record) -> Result<(), SinkError> {
+        if matches!(record.event, Event::Progress { .. }) {
+            return Ok(());
+        }
         serde_json::to_writer(&mut self.out, record).map_err(|e| self.error(e))?;
         self.out.write_all(b"\n").map_err(|e| self.error(e))
     }

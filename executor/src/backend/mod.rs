@@ -108,9 +108,18 @@ impl CallError {
 
 pub type CallFuture<'a> = Pin<Box<dyn Future<Output = Result<Answer, CallError>> + Send + 'a>>;
 
+/// Told the number of tokens generated so far, as they come (for progress displays).
+pub type OnTokens = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// Executes calls. Implementations must give up promptly once `cancel` fires.
 pub trait Backend: Send + Sync {
-    fn call<'a>(&'a self, site: &'a Site, call: &'a Call, cancel: &'a Cancel) -> CallFuture<'a>;
+    fn call<'a>(
+        &'a self,
+        site: &'a Site,
+        call: &'a Call,
+        cancel: &'a Cancel,
+        on_tokens: &'a OnTokens,
+    ) -> CallFuture<'a>;
 }
 
 /// Exponential backoff with full jitter: a uniformly random wait in [0, base * 2^(attempt-1)],
@@ -157,7 +166,12 @@ impl Router {
         self
     }
 
-    async fn llm(&self, c: &LlmCall, cancel: &Cancel) -> Result<Answer, CallError> {
+    async fn llm(
+        &self,
+        c: &LlmCall,
+        cancel: &Cancel,
+        on_tokens: &OnTokens,
+    ) -> Result<Answer, CallError> {
         if let Some(local) = self.local.get(&c.device) {
             let local = local.clone();
             let mut messages = Vec::new();
@@ -170,8 +184,12 @@ impl Router {
             request.seed = c.seed;
             let model = c.model.clone();
             let flag = cancel.clone();
+            let progress = on_tokens.clone();
             let generation = tokio::task::spawn_blocking(move || {
+                let mut pieces = 0;
                 local.generate(&model, &request, &mut |_| {
+                    pieces += 1;
+                    progress(pieces);
                     if flag.is_cancelled() {
                         local::Flow::Stop
                     } else {
@@ -213,9 +231,13 @@ impl Router {
             }
             request.temperature = Some(c.temperature);
             request.seed = Some(c.seed);
-            let mut ignore = |_: &str| {};
+            let mut pieces = 0;
+            let mut count = |_: &str| {
+                pieces += 1;
+                on_tokens(pieces);
+            };
             let completion = tokio::select! {
-                r = endpoint.chat(&request, &mut ignore) => r,
+                r = endpoint.chat(&request, &mut count) => r,
                 _ = cancel.cancelled() => return Err(CallError::transient("cancelled")),
             }
             .map_err(|e| CallError {
@@ -264,10 +286,16 @@ impl Router {
 }
 
 impl Backend for Router {
-    fn call<'a>(&'a self, _site: &'a Site, call: &'a Call, cancel: &'a Cancel) -> CallFuture<'a> {
+    fn call<'a>(
+        &'a self,
+        _site: &'a Site,
+        call: &'a Call,
+        cancel: &'a Cancel,
+        on_tokens: &'a OnTokens,
+    ) -> CallFuture<'a> {
         Box::pin(async move {
             match call {
-                Call::Llm(c) => self.llm(c, cancel).await,
+                Call::Llm(c) => self.llm(c, cancel, on_tokens).await,
                 Call::Tool(c) => self.tool(c, cancel).await,
             }
         })
@@ -285,7 +313,13 @@ pub struct Recorded {
 pub type Recording = HashMap<Site, (serde_json::Value, Result<Answer, CallError>)>;
 
 impl Backend for Recorded {
-    fn call<'a>(&'a self, site: &'a Site, call: &'a Call, _cancel: &'a Cancel) -> CallFuture<'a> {
+    fn call<'a>(
+        &'a self,
+        site: &'a Site,
+        call: &'a Call,
+        _cancel: &'a Cancel,
+        _on_tokens: &'a OnTokens,
+    ) -> CallFuture<'a> {
         Box::pin(async move {
             let Some((recorded, answer)) = self.answers.get(site) else {
                 return Err(CallError::permanent(format!(

@@ -111,6 +111,13 @@ pub enum Event {
         transient: bool,
         figures: Figures,
     },
+    /// Tokens generated so far by a running model call, for progress displays. Not stored and
+    /// not traced: it says nothing the attempt's end does not.
+    Progress {
+        step: String,
+        index: Option<usize>,
+        tokens: u64,
+    },
     /// The attempts on one config were used up; the next-best one the plan allows is tried.
     Fallback {
         step: String,
@@ -166,6 +173,7 @@ impl Event {
             Event::RunStarted { .. } => "run_started",
             Event::AttemptStarted { .. } => "attempt_started",
             Event::AttemptEnded { .. } => "attempt_ended",
+            Event::Progress { .. } => "progress",
             Event::Fallback { .. } => "fallback",
             Event::ElementEnded { .. } => "element_ended",
             Event::StepSkipped { .. } => "step_skipped",

@@ -36,7 +36,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::backend::{Answer, Backend, Call, CallError, LlmCall, Site, ToolCall};
+use crate::backend::{Answer, Backend, Call, CallError, LlmCall, OnTokens, Site, ToolCall};
 use crate::meter::Method;
 pub use event::{ConfigRef, Event, Figures, Record, RunStatus, Sink, SinkError};
 
@@ -820,7 +820,10 @@ impl Recorder<'_, '_> {
         if self.quiet {
             return Ok(());
         }
-        self.seq += 1;
+        // Progress is for displays only; stored events keep consecutive numbers.
+        if !matches!(event, Event::Progress { .. }) {
+            self.seq += 1;
+        }
         let record = Record {
             run_id: self.run_id.clone(),
             seq: self.seq,
@@ -1092,6 +1095,16 @@ async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
             let metered = matches!(call, Call::Llm(_));
             let busy = metered.then(|| sh.meters.begin(call.device()));
             let attempt_cancel = sh.cancel.child();
+            let on_tokens: OnTokens = {
+                let (events, step, index) = (sh.events.clone(), w.site.step.clone(), w.site.index);
+                Arc::new(move |tokens| {
+                    let _ = events.send(Event::Progress {
+                        step: step.clone(),
+                        index,
+                        tokens,
+                    });
+                })
+            };
             let site = Site {
                 attempt: attempts,
                 ..w.site.clone()
@@ -1118,7 +1131,7 @@ async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                     match tokio::time::timeout(
                         Duration::from_secs_f64(t),
                         sh.backend
-                            .call(&site, &call, &attempt_cancel)
+                            .call(&site, &call, &attempt_cancel, &on_tokens)
                             .instrument(span.clone()),
                     )
                     .await
@@ -1132,7 +1145,7 @@ async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                 }
                 _ => {
                     sh.backend
-                        .call(&site, &call, &attempt_cancel)
+                        .call(&site, &call, &attempt_cancel, &on_tokens)
                         .instrument(span.clone())
                         .await
                 }
