@@ -458,7 +458,9 @@ pub fn replay(args: &ReplayArgs) -> miette::Result<ExitCode> {
         _ => return Err(miette!("run {} has unreadable inputs", run.id)),
     };
     let calls = recorded.len();
-    let backend: Arc<dyn Backend> = Arc::new(Recorded { answers: recorded });
+    let recorded = Recorded { answers: recorded };
+    let configs = recorded.configs();
+    let backend: Arc<dyn Backend> = Arc::new(recorded);
     let Some(profiles) = stored.planning.profiles() else {
         return Ok(ExitCode::FAILURE);
     };
@@ -469,6 +471,7 @@ pub fn replay(args: &ReplayArgs) -> miette::Result<ExitCode> {
         Options {
             replan: false,
             no_backoff: true,
+            configs,
             ..Options::default()
         },
     );

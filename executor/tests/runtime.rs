@@ -657,14 +657,37 @@ outputs:
         inputs: Default::default(),
         prior: Prior::default(),
     };
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("runs.db")).unwrap();
+    store
+        .create_run(&NewRun {
+            id: "fallback",
+            workflow: "fallback",
+            file: "w.yaml",
+            source: "",
+            inputs: &serde_json::json!({}),
+            plan: &serde_json::json!({}),
+            options: &serde_json::json!({}),
+        })
+        .unwrap();
+    let replay_job = Job {
+        run_id: "replay".into(),
+        dag: job.dag.clone(),
+        plan: job.plan.clone(),
+        problem: None,
+        inputs: Default::default(),
+        prior: Prior::default(),
+    };
     let mut events = Events::default();
-    let out = run_job(
+    let out = Executor::new(
         two_endpoints(&catalog, ("primary", &bad), ("spare", &good)),
-        catalog,
-        job,
-        &mut events,
+        Arc::new(catalog.clone()),
+        Arc::new(Profiles::reference()),
+        Options::default(),
     )
-    .await;
+    .run(job, &mut [&mut events, &mut store], &Cancel::new())
+    .await
+    .unwrap();
     assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
     assert_eq!(out.outputs["a"], "fine");
     assert_eq!(out.steps[0].config.device, "spare");
@@ -672,6 +695,29 @@ outputs:
         events.count(|e| matches!(e, Event::Fallback { to, .. } if to.device == "spare")),
         1
     );
+
+    // The replay fails over exactly as the run did, from the record alone.
+    let recorded = Recorded {
+        answers: store.recorded("fallback").unwrap(),
+    };
+    let configs = recorded.configs();
+    assert_eq!(configs["ask"].len(), 2);
+    let replay = Executor::new(
+        Arc::new(recorded),
+        Arc::new(catalog),
+        Arc::new(Profiles::reference()),
+        Options {
+            no_backoff: true,
+            replan: false,
+            configs,
+            ..Options::default()
+        },
+    )
+    .run(replay_job, &mut [], &Cancel::new())
+    .await
+    .unwrap();
+    assert_eq!(replay.status, RunStatus::Succeeded, "{:?}", replay.error);
+    assert_eq!(replay.outputs, out.outputs);
 }
 
 #[tokio::test]

@@ -309,6 +309,34 @@ pub struct Recorded {
     pub answers: Recording,
 }
 
+impl Recorded {
+    /// The configs each step's attempts went to, in order (the planned one, then any
+    /// fallback), so a replay sends every call where the run did.
+    pub fn configs(&self) -> HashMap<String, Vec<crate::runtime::ConfigRef>> {
+        let mut sites: Vec<(&Site, &serde_json::Value)> = self
+            .answers
+            .iter()
+            .map(|(s, (call, _))| (s, call))
+            .collect();
+        sites.sort_by_key(|(s, _)| (s.step.clone(), s.index, s.attempt));
+        let mut out: HashMap<String, Vec<crate::runtime::ConfigRef>> = HashMap::new();
+        for (site, call) in sites {
+            let Some(device) = call["device"].as_str() else {
+                continue;
+            };
+            let config = crate::runtime::ConfigRef {
+                model: call["model"].as_str().map(str::to_string),
+                device: device.to_string(),
+            };
+            let tried = out.entry(site.step.clone()).or_default();
+            if !tried.contains(&config) {
+                tried.push(config);
+            }
+        }
+        out
+    }
+}
+
 /// Per attempt: the call as sent (JSON) and what came back.
 pub type Recording = HashMap<Site, (serde_json::Value, Result<Answer, CallError>)>;
 

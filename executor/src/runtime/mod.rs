@@ -130,6 +130,9 @@ pub struct Options {
     pub replan: bool,
     /// Do not wait between attempts (a replay has nothing to wait for).
     pub no_backoff: bool,
+    /// Configs to try for a step, in order, instead of the plan's config and the planner's
+    /// fallback: a replay follows the configs the recorded run really used.
+    pub configs: HashMap<String, Vec<ConfigRef>>,
 }
 
 impl Default for Options {
@@ -138,6 +141,7 @@ impl Default for Options {
             concurrency: HashMap::new(),
             replan: true,
             no_backoff: false,
+            configs: HashMap::new(),
         }
     }
 }
@@ -737,7 +741,9 @@ impl Executor {
                     None => None,
                 };
                 let mut configs = vec![config.clone()];
-                if let Some(p) = &job.problem {
+                if let Some(scripted) = self.options.configs.get(&step.id) {
+                    configs = scripted.clone();
+                } else if let Some(p) = &job.problem {
                     let mut others: Vec<_> = p.steps[i]
                         .configs
                         .iter()
