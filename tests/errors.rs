@@ -261,3 +261,12 @@ fn policy_names_an_unknown_provider() {
         "2:30",
     );
 }
+
+#[test]
+fn tool_argument_the_catalog_does_not_declare() {
+    check(
+        "unknown_tool_argument",
+        "name: t\npolicy: { tools: [grep] }\nsteps:\n  search:\n    tool: grep\n    args: { patern: \"x\", path: docs }\n",
+        "6:13",
+    );
+}

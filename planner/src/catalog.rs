@@ -295,6 +295,19 @@ impl Catalog {
         crate::dag::CompileContext {
             models: Some(self.models.iter().map(|m| m.id.clone()).collect()),
             endpoints: Some(self.endpoints.iter().map(|e| e.name.clone()).collect()),
+            tools: Some(
+                self.tools
+                    .iter()
+                    .map(|t| {
+                        let args = t
+                            .args
+                            .iter()
+                            .map(|(n, a)| (n.clone(), a.required))
+                            .collect();
+                        (t.name.clone(), args)
+                    })
+                    .collect(),
+            ),
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct CompileContext {
     pub models: Option<BTreeSet<String>>,
     /// The catalog's endpoint names, when a catalog is loaded.
     pub endpoints: Option<BTreeSet<String>>,
+    /// The catalog's tools: each one's arguments and whether each is required.
+    pub tools: Option<std::collections::BTreeMap<String, std::collections::BTreeMap<String, bool>>>,
 }
 
 /// A compiled workflow: steps are nodes (node index = index in `workflow.steps`), edges point
@@ -639,6 +641,65 @@ impl Compiler<'_> {
         }
     }
 
+    /// A tool the catalog does not have, or arguments it does not take or misses.
+    fn tool_arguments(&mut self, t: &crate::spec::ToolStep, ctx: &CompileContext) {
+        let Some(tools) = &ctx.tools else {
+            return;
+        };
+        let Some(args) = tools.get(&t.tool.name) else {
+            let help =
+                match crate::diag::did_you_mean(&t.tool.name, tools.keys().map(String::as_str)) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => "declare it under `tools:` in the catalog".into(),
+                };
+            self.err(
+                t.tool.pos.offset,
+                t.tool.name.len(),
+                ErrorCode::Policy,
+                format!("tool `{}` is not in the catalog", t.tool.name),
+                help,
+            );
+            return;
+        };
+        let known: Vec<&str> = args.keys().map(String::as_str).collect();
+        let mut suggested = Vec::new();
+        for (name, value) in &t.args {
+            if !args.contains_key(name) {
+                let help = match crate::diag::did_you_mean(name, known.iter().copied()) {
+                    Some(c) => {
+                        suggested.push(c.to_string());
+                        format!("did you mean `{c}`?")
+                    }
+                    None if known.is_empty() => format!("`{}` takes no arguments", t.tool.name),
+                    None => format!("`{}` takes: {}", t.tool.name, known.join(", ")),
+                };
+                // The value's position is where its mapping starts; point at the key itself.
+                let at =
+                    crate::template::locate(self.workflow.source.text(), t.tool.pos.offset, name)
+                        .unwrap_or(value.pos.offset);
+                self.err(
+                    at,
+                    name.len(),
+                    ErrorCode::InvalidValue,
+                    format!("tool `{}` has no argument `{name}`", t.tool.name),
+                    help,
+                );
+            }
+        }
+        for (name, required) in args {
+            // A misspelt argument already says what it should be called.
+            if *required && !t.args.contains_key(name) && !suggested.contains(name) {
+                self.err(
+                    t.tool.pos.offset,
+                    t.tool.name.len(),
+                    ErrorCode::InvalidValue,
+                    format!("tool `{}` needs the argument `{name}`", t.tool.name),
+                    format!("add `args: {{ {name}: ... }}` to the step"),
+                );
+            }
+        }
+    }
+
     /// A tool or pin the policy or the catalog does not allow.
     fn policy(&mut self, i: usize, ctx: &CompileContext) {
         let step = &self.workflow.steps[i];
@@ -666,6 +727,7 @@ impl Compiler<'_> {
                         help,
                     );
                 }
+                self.tool_arguments(t, ctx);
             }
             StepKind::Llm(l) => {
                 if let Some(m) = &l.model {
