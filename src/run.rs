@@ -202,24 +202,17 @@ pub fn resume(args: &ResumeArgs) -> miette::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let stored: Stored = serde_json::from_value(run.options.clone())
-        .map_err(|e| miette!("run {} has unreadable options: {e}", run.id))?;
     let prior = store.prior(&run.id).map_err(|e| miette!("{e}"))?;
     drop(store);
-    let Some(catalog) = crate::diagnostics::catalog(stored.planning.catalog.as_deref()) else {
+    let Some(Reloaded {
+        stored,
+        catalog,
+        source,
+        dag,
+        inputs,
+    }) = reload(&run)?
+    else {
         return Ok(ExitCode::FAILURE);
-    };
-    let source = SourceFile::new(run.file.clone(), run.source.clone());
-    let dag = match joule_planner::compile_source(&source, &catalog.compile_context()) {
-        Ok(d) => d,
-        Err(errors) => {
-            crate::diagnostics::print(&errors);
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let inputs = match run.inputs {
-        serde_json::Value::Object(m) => m,
-        _ => return Err(miette!("run {} has unreadable inputs", run.id)),
     };
     let finished = prior.steps.len();
     eprintln!(
@@ -236,6 +229,42 @@ pub fn resume(args: &ResumeArgs) -> miette::Result<ExitCode> {
         Some((run.id.clone(), prior)),
         &args.output,
     )
+}
+
+/// A stored run, ready to run again: its options, catalog, workflow (as it was) and inputs.
+struct Reloaded {
+    stored: Stored,
+    catalog: Catalog,
+    source: SourceFile,
+    dag: Dag,
+    inputs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Rebuilds a stored run; `None` after printing why its workflow no longer compiles.
+fn reload(run: &joule_executor::store::StoredRun) -> miette::Result<Option<Reloaded>> {
+    let stored: Stored = serde_json::from_value(run.options.clone())
+        .map_err(|e| miette!("run {} has unreadable options: {e}", run.id))?;
+    let Some(catalog) = crate::diagnostics::catalog(stored.planning.catalog.as_deref()) else {
+        return Ok(None);
+    };
+    let source = SourceFile::new(run.file.clone(), run.source.clone());
+    let dag = match joule_planner::compile_source(&source, &catalog.compile_context()) {
+        Ok(d) => d,
+        Err(errors) => {
+            crate::diagnostics::print(&errors);
+            return Ok(None);
+        }
+    };
+    let serde_json::Value::Object(inputs) = run.inputs.clone() else {
+        return Err(miette!("run {} has unreadable inputs", run.id));
+    };
+    Ok(Some(Reloaded {
+        stored,
+        catalog,
+        source,
+        dag,
+        inputs,
+    }))
 }
 
 /// Plans, runs, reports. `resume` continues a stored run.
@@ -438,25 +467,18 @@ pub fn replay(args: &ReplayArgs) -> miette::Result<ExitCode> {
             run.id
         ));
     }
-    let stored: Stored = serde_json::from_value(run.options.clone())
-        .map_err(|e| miette!("run {} has unreadable options: {e}", run.id))?;
     let recorded = store.recorded(&run.id).map_err(|e| miette!("{e}"))?;
-    let Some(catalog) = crate::diagnostics::catalog(stored.planning.catalog.as_deref()) else {
+    let Some(Reloaded {
+        stored,
+        catalog,
+        dag,
+        inputs,
+        ..
+    }) = reload(&run)?
+    else {
         return Ok(ExitCode::FAILURE);
     };
-    let source = SourceFile::new(run.file.clone(), run.source.clone());
-    let dag = match joule_planner::compile_source(&source, &catalog.compile_context()) {
-        Ok(d) => d,
-        Err(errors) => {
-            crate::diagnostics::print(&errors);
-            return Ok(ExitCode::FAILURE);
-        }
-    };
     let plan = recorded_plan(&run.plan, &dag)?;
-    let inputs = match run.inputs {
-        serde_json::Value::Object(m) => m,
-        _ => return Err(miette!("run {} has unreadable inputs", run.id)),
-    };
     let calls = recorded.len();
     let recorded = Recorded { answers: recorded };
     let configs = recorded.configs();
