@@ -12,93 +12,34 @@
 //! the run falls behind its SLO, the steps not yet started are planned again with what is
 //! left of the budgets. All of these are events.
 
+mod attempt;
+mod cancel;
 pub mod check;
 mod energy;
 pub mod event;
 pub mod inputs;
 pub mod render;
+mod replan;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use joule_planner::Dag;
 use joule_planner::catalog::Catalog;
 use joule_planner::estimate::{HOST_W, Problem};
 use joule_planner::plan::Plan;
 use joule_planner::profile::Profiles;
-use joule_planner::solve;
-use joule_planner::spec::{Objective, OutputSpec, StepKind};
+use joule_planner::spec::{Objective, StepKind};
 use minijinja::Value;
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
-use crate::backend::{Answer, Backend, Call, CallError, LlmCall, OnTokens, Site, ToolCall};
-use crate::meter::Method;
+use crate::backend::{Backend, Call, LlmCall, Site, ToolCall};
+use attempt::{Done, Shared, Work, run_work};
+pub use cancel::Cancel;
 pub use event::{ConfigRef, Event, Figures, Record, RunStatus, Sink, SinkError};
-
-/// A cancellation flag that tasks can both poll (inside blocking inference) and await.
-/// A child is cancelled with its parent, not the other way round.
-#[derive(Clone, Default)]
-pub struct Cancel {
-    own: Arc<Flag>,
-    parent: Option<Arc<Flag>>,
-}
-
-#[derive(Default)]
-struct Flag {
-    set: AtomicBool,
-    notify: Notify,
-}
-
-impl Cancel {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn child(&self) -> Self {
-        Self {
-            own: Arc::new(Flag::default()),
-            parent: Some(self.own.clone()),
-        }
-    }
-
-    pub fn cancel(&self) {
-        self.own.set.store(true, Ordering::SeqCst);
-        self.own.notify.notify_waiters();
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.own.set.load(Ordering::SeqCst)
-            || self
-                .parent
-                .as_ref()
-                .is_some_and(|p| p.set.load(Ordering::SeqCst))
-    }
-
-    /// Resolves once cancelled.
-    pub async fn cancelled(&self) {
-        loop {
-            let own = self.own.notify.notified();
-            let parent = self.parent.as_ref().map(|p| p.notify.notified());
-            if self.is_cancelled() {
-                return;
-            }
-            match parent {
-                Some(p) => {
-                    tokio::select! {
-                        _ = own => {}
-                        _ = p => {}
-                    }
-                }
-                None => own.await,
-            }
-        }
-    }
-}
 
 /// Outputs of an earlier, interrupted run of the same plan: those steps and elements are not
 /// run again.
@@ -181,41 +122,6 @@ pub enum ExecError {
     Sink(#[from] SinkError),
 }
 
-/// State shared with the call tasks.
-struct Shared {
-    backend: Arc<dyn Backend>,
-    meters: energy::Meters,
-    semaphores: HashMap<String, Arc<Semaphore>>,
-    events: mpsc::UnboundedSender<Event>,
-    cancel: Cancel,
-    catalog: Arc<Catalog>,
-    no_backoff: bool,
-    seed: u64,
-}
-
-/// One call site: a step, or one element of a `for_each` step.
-struct Work {
-    step: usize,
-    site: Site,
-    /// Configs to try in order: the planned one, then fallbacks.
-    calls: Vec<Call>,
-    retry: u32,
-    backoff_s: f64,
-    timeout_s: Option<f64>,
-    output: Option<OutputSpec>,
-}
-
-struct Done {
-    step: usize,
-    index: Option<usize>,
-    result: Result<serde_json::Value, String>,
-    config: ConfigRef,
-    figures: Figures,
-    attempts: u32,
-    started_s: f64,
-    ended_s: f64,
-}
-
 /// Runs plans.
 pub struct Executor {
     backend: Arc<dyn Backend>,
@@ -229,13 +135,6 @@ enum Slot {
     Waiting,
     Running,
     Done(Value),
-}
-
-struct Progress {
-    /// Per step: outputs of finished elements (a step that is not `for_each` has one).
-    elements: Vec<Vec<Option<serde_json::Value>>>,
-    remaining: Vec<usize>,
-    results: Vec<StepResult>,
 }
 
 impl Executor {
@@ -328,25 +227,7 @@ impl Executor {
         rec.quiet = rec.sinks.is_empty();
         let dag = job.dag.clone();
         let wf = &dag.workflow;
-        let n = wf.steps.len();
-        let deps: Vec<Vec<usize>> = (0..n).map(|i| dag.dependencies(i)).collect();
-        let mut dependents = vec![Vec::new(); n];
-        let mut waiting: Vec<usize> = vec![0; n];
-        for (i, d) in deps.iter().enumerate() {
-            waiting[i] = d.len();
-            for &p in d {
-                dependents[p].push(i);
-            }
-        }
-        let mut configs: Vec<ConfigRef> = job
-            .plan
-            .steps
-            .iter()
-            .map(|s| ConfigRef {
-                model: s.model.clone(),
-                device: s.device.clone(),
-            })
-            .collect();
+        let mut book = Book::new(&dag, &job.plan);
         let inputs = render::from_json(&job.inputs);
         let resumed = !job.prior.steps.is_empty() || !job.prior.elements.is_empty();
         if !rec.quiet {
@@ -357,29 +238,6 @@ impl Executor {
             })?;
         }
 
-        let mut slots = vec![Slot::Waiting; n];
-        let mut progress = Progress {
-            elements: vec![Vec::new(); n],
-            remaining: vec![0; n],
-            results: wf
-                .steps
-                .iter()
-                .enumerate()
-                .map(|(i, s)| StepResult {
-                    id: s.id.clone(),
-                    kind: s.kind.name(),
-                    status: "not_run",
-                    config: configs[i].clone(),
-                    figures: Figures::default(),
-                    attempts: 0,
-                    started_s: None,
-                    ended_s: None,
-                    resumed: false,
-                    error: None,
-                })
-                .collect(),
-        };
-        let mut ready: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut failure: Option<String> = None;
         let mut cancelled = false;
@@ -391,11 +249,13 @@ impl Executor {
 
         loop {
             while failure.is_none() && !cancelled {
-                let Some(i) = ready.pop_front() else { break };
+                let Some(i) = book.ready.pop_front() else {
+                    break;
+                };
                 let step = &wf.steps[i];
                 let mut scope = render::Scope::new(inputs.clone());
-                for &d in &deps[i] {
-                    if let Slot::Done(v) = &slots[d] {
+                for &d in &book.deps[i] {
+                    if let Slot::Done(v) = &book.slots[d] {
                         scope.step(&wf.steps[d].id, v.clone());
                     }
                 }
@@ -403,24 +263,13 @@ impl Executor {
                 // A step finished in an earlier run is not run again.
                 if let Some(prior) = job.prior.steps.get(&step.id) {
                     let out = render::from_json(prior);
-                    progress.results[i].resumed = true;
-                    progress.results[i].status = if prior.is_null() && step.when.is_some() {
+                    book.results[i].resumed = true;
+                    book.results[i].status = if prior.is_null() && step.when.is_some() {
                         "skipped"
                     } else {
                         "succeeded"
                     };
-                    finish(
-                        &mut rec,
-                        &mut slots,
-                        &mut progress,
-                        i,
-                        out,
-                        started,
-                        true,
-                        &configs,
-                        wf,
-                    )?;
-                    release(i, &dependents, &mut waiting, &mut ready);
+                    book.complete(&mut rec, wf, i, out, started, true)?;
                     continue;
                 }
                 if let Some(when) = &step.when {
@@ -430,30 +279,13 @@ impl Executor {
                                 step: step.id.clone(),
                                 reason: format!("`when` is false: {}", when.source.trim()),
                             })?;
-                            progress.results[i].status = "skipped";
-                            finish(
-                                &mut rec,
-                                &mut slots,
-                                &mut progress,
-                                i,
-                                Value::from(()),
-                                started,
-                                false,
-                                &configs,
-                                wf,
-                            )?;
-                            release(i, &dependents, &mut waiting, &mut ready);
+                            book.results[i].status = "skipped";
+                            book.complete(&mut rec, wf, i, Value::from(()), started, false)?;
                             continue;
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            failure = Some(step_error(
-                                &mut rec,
-                                &mut progress,
-                                i,
-                                &configs,
-                                format!("`when`: {e}"),
-                            )?);
+                            failure = Some(book.fail(&mut rec, i, format!("`when`: {e}"))?);
                             continue;
                         }
                     }
@@ -467,13 +299,7 @@ impl Executor {
                     }) {
                         Ok(items) => Some(items),
                         Err(e) => {
-                            failure = Some(step_error(
-                                &mut rec,
-                                &mut progress,
-                                i,
-                                &configs,
-                                format!("`for_each`: {e}"),
-                            )?);
+                            failure = Some(book.fail(&mut rec, i, format!("`for_each`: {e}"))?);
                             continue;
                         }
                     },
@@ -486,8 +312,8 @@ impl Executor {
                         .map(|(k, it)| (Some(k), scope.with_item(it)))
                         .collect(),
                 };
-                progress.elements[i] = vec![None; scopes.len()];
-                progress.results[i].started_s = Some(started);
+                book.elements[i] = vec![None; scopes.len()];
+                book.results[i].started_s = Some(started);
                 if let StepKind::Value(v) = &step.kind {
                     let mut out = Vec::with_capacity(scopes.len());
                     let mut error = None;
@@ -501,7 +327,7 @@ impl Executor {
                         }
                     }
                     if let Some(e) = error {
-                        failure = Some(step_error(&mut rec, &mut progress, i, &configs, e)?);
+                        failure = Some(book.fail(&mut rec, i, e)?);
                         continue;
                     }
                     let value = if step.for_each.is_some() {
@@ -509,36 +335,25 @@ impl Executor {
                     } else {
                         out.pop().unwrap_or_default()
                     };
-                    progress.results[i].status = "succeeded";
-                    progress.results[i].attempts = 1;
-                    finish(
-                        &mut rec,
-                        &mut slots,
-                        &mut progress,
-                        i,
-                        value,
-                        started,
-                        false,
-                        &configs,
-                        wf,
-                    )?;
-                    release(i, &dependents, &mut waiting, &mut ready);
+                    book.results[i].status = "succeeded";
+                    book.results[i].attempts = 1;
+                    book.complete(&mut rec, wf, i, value, started, false)?;
                     continue;
                 }
                 // A model or tool step: one task per element.
-                slots[i] = Slot::Running;
+                book.slots[i] = Slot::Running;
                 let mut spawned = 0;
                 for (index, s) in scopes {
                     if let Some(k) = index
                         && let Some(prior) = job.prior.elements.get(&(step.id.clone(), k))
                     {
-                        progress.elements[i][k] = Some(prior.clone());
+                        book.elements[i][k] = Some(prior.clone());
                         continue;
                     }
-                    let calls = match self.calls(&job, i, &configs[i], &s) {
+                    let calls = match self.calls(&job, i, &book.configs[i], &s) {
                         Ok(c) => c,
                         Err(e) => {
-                            failure = Some(step_error(&mut rec, &mut progress, i, &configs, e)?);
+                            failure = Some(book.fail(&mut rec, i, e)?);
                             break;
                         }
                     };
@@ -562,24 +377,13 @@ impl Executor {
                     tasks.spawn(async move { run_work(sh, work).await });
                     spawned += 1;
                 }
-                progress.remaining[i] = spawned;
+                book.remaining[i] = spawned;
                 if spawned == 0 && failure.is_none() {
                     // Every element came from the earlier run.
-                    let value = collect(&progress.elements[i], step.for_each.is_some());
-                    progress.results[i].status = "succeeded";
-                    progress.results[i].resumed = true;
-                    finish(
-                        &mut rec,
-                        &mut slots,
-                        &mut progress,
-                        i,
-                        value,
-                        started,
-                        true,
-                        &configs,
-                        wf,
-                    )?;
-                    release(i, &dependents, &mut waiting, &mut ready);
+                    let value = collect(&book.elements[i], step.for_each.is_some());
+                    book.results[i].status = "succeeded";
+                    book.results[i].resumed = true;
+                    book.complete(&mut rec, wf, i, value, started, true)?;
                 }
             }
             if failure.is_some() || cancelled {
@@ -605,13 +409,13 @@ impl Executor {
                     };
                     let i = done.step;
                     let step = &wf.steps[i];
-                    let r = &mut progress.results[i];
+                    let r = &mut book.results[i];
                     r.config = done.config.clone();
                     r.figures.absorb(&done.figures);
                     r.attempts += done.attempts;
                     r.started_s = Some(r.started_s.map_or(done.started_s, |s| s.min(done.started_s)));
                     r.ended_s = Some(r.ended_s.map_or(done.ended_s, |e| e.max(done.ended_s)));
-                    progress.remaining[i] -= 1;
+                    book.remaining[i] -= 1;
                     match done.result {
                         Ok(out) => {
                             if let Some(k) = done.index {
@@ -621,16 +425,15 @@ impl Executor {
                                     output: out.clone(),
                                     figures: done.figures,
                                 })?;
-                                progress.elements[i][k] = Some(out);
+                                book.elements[i][k] = Some(out);
                             } else {
-                                progress.elements[i] = vec![Some(out)];
+                                book.elements[i] = vec![Some(out)];
                             }
-                            if progress.remaining[i] == 0 && r.error.is_none() {
+                            if book.remaining[i] == 0 && r.error.is_none() {
                                 r.status = "succeeded";
-                                let value = collect(&progress.elements[i], step.for_each.is_some());
+                                let value = collect(&book.elements[i], step.for_each.is_some());
                                 let started = r.started_s.unwrap_or(done.started_s);
-                                finish(&mut rec, &mut slots, &mut progress, i, value, started, false, &configs, wf)?;
-                                release(i, &dependents, &mut waiting, &mut ready);
+                                book.complete(&mut rec, wf, i, value, started, false)?;
                                 rec.flush()?;
                                 if self.options.replan
                                     && failure.is_none()
@@ -640,7 +443,7 @@ impl Executor {
                                     let delay = elapsed - planned_end[i];
                                     let projected = plan_total + delay;
                                     if projected > slo
-                                        && let Some(ev) = replan(problem, &slots, &mut configs, &mut planned_end, &mut plan_total, elapsed, projected, slo)
+                                        && let Some(ev) = replan::replan(problem, &book.slots, &mut book.configs, &mut planned_end, &mut plan_total, elapsed, projected, slo)
                                     {
                                         replans += 1;
                                         rec.emit(ev)?;
@@ -694,7 +497,7 @@ impl Executor {
             RunStatus::Succeeded
         };
         let outputs = if status == RunStatus::Succeeded {
-            self.outputs(&job, &slots)
+            self.outputs(&job, &book.slots)
         } else {
             Ok(serde_json::Value::Null)
         };
@@ -715,7 +518,7 @@ impl Executor {
             status,
             error,
             outputs,
-            steps: progress.results,
+            steps: book.results,
             wall_s: t0.elapsed().as_secs_f64(),
             replans,
         })
@@ -850,17 +653,136 @@ impl Recorder<'_, '_> {
     }
 }
 
-fn release(
-    i: usize,
-    dependents: &[Vec<usize>],
-    waiting: &mut [usize],
-    ready: &mut VecDeque<usize>,
-) {
-    for &d in &dependents[i] {
-        waiting[d] -= 1;
-        if waiting[d] == 0 {
-            ready.push_back(d);
+/// The run's state, owned by the scheduler loop: what each step produced, what is waiting
+/// on what, and how each step went.
+struct Book {
+    slots: Vec<Slot>,
+    /// Per step: outputs of finished elements (a step that is not `for_each` has one).
+    elements: Vec<Vec<Option<serde_json::Value>>>,
+    /// Per step: elements still running.
+    remaining: Vec<usize>,
+    results: Vec<StepResult>,
+    /// The config in force for each step (re-planning changes those not yet started).
+    configs: Vec<ConfigRef>,
+    deps: Vec<Vec<usize>>,
+    dependents: Vec<Vec<usize>>,
+    /// Per step: dependencies not finished yet.
+    waiting: Vec<usize>,
+    ready: VecDeque<usize>,
+}
+
+impl Book {
+    fn new(dag: &Dag, plan: &Plan) -> Self {
+        let wf = &dag.workflow;
+        let n = wf.steps.len();
+        let deps: Vec<Vec<usize>> = (0..n).map(|i| dag.dependencies(i)).collect();
+        let mut dependents = vec![Vec::new(); n];
+        for (i, d) in deps.iter().enumerate() {
+            for &p in d {
+                dependents[p].push(i);
+            }
         }
+        let waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+        let configs: Vec<ConfigRef> = plan
+            .steps
+            .iter()
+            .map(|s| ConfigRef {
+                model: s.model.clone(),
+                device: s.device.clone(),
+            })
+            .collect();
+        let results = wf
+            .steps
+            .iter()
+            .zip(&configs)
+            .map(|(s, c)| StepResult {
+                id: s.id.clone(),
+                kind: s.kind.name(),
+                status: "not_run",
+                config: c.clone(),
+                figures: Figures::default(),
+                attempts: 0,
+                started_s: None,
+                ended_s: None,
+                resumed: false,
+                error: None,
+            })
+            .collect();
+        Self {
+            slots: vec![Slot::Waiting; n],
+            elements: vec![Vec::new(); n],
+            remaining: vec![0; n],
+            results,
+            configs,
+            ready: (0..n).filter(|&i| waiting[i] == 0).collect(),
+            deps,
+            dependents,
+            waiting,
+        }
+    }
+
+    /// Step `i` finished with `value`: record it and release the steps waiting on it.
+    fn complete(
+        &mut self,
+        rec: &mut Recorder,
+        wf: &joule_planner::Workflow,
+        i: usize,
+        value: Value,
+        started: f64,
+        resumed: bool,
+    ) -> Result<(), SinkError> {
+        let r = &mut self.results[i];
+        let ended = rec.t0.elapsed().as_secs_f64();
+        r.started_s.get_or_insert(started);
+        r.ended_s = Some(r.ended_s.map_or(ended, |e: f64| e.max(started)));
+        r.figures.latency_s = r.ended_s.unwrap_or(ended) - r.started_s.unwrap_or(started);
+        if r.config.model.is_none() && r.kind == "llm" {
+            r.config = self.configs[i].clone();
+        }
+        if !rec.quiet {
+            rec.emit(Event::StepEnded {
+                step: wf.steps[i].id.clone(),
+                ok: true,
+                output: serde_json::to_value(&value).unwrap_or_default(),
+                error: None,
+                config: r.config.clone(),
+                figures: r.figures,
+                attempts: r.attempts,
+                started_s: r.started_s.unwrap_or(started),
+                ended_s: r.ended_s.unwrap_or(ended),
+                resumed,
+            })?;
+        }
+        self.slots[i] = Slot::Done(value);
+        for &d in &self.dependents[i] {
+            self.waiting[d] -= 1;
+            if self.waiting[d] == 0 {
+                self.ready.push_back(d);
+            }
+        }
+        Ok(())
+    }
+
+    /// Step `i` cannot run (a template or expression failed): record why; the message is the
+    /// run's error.
+    fn fail(&mut self, rec: &mut Recorder, i: usize, message: String) -> Result<String, SinkError> {
+        let r = &mut self.results[i];
+        let message = format!("step `{}`: {message}", r.id);
+        r.status = "failed";
+        r.error = Some(message.clone());
+        rec.emit(Event::StepEnded {
+            step: r.id.clone(),
+            ok: false,
+            output: serde_json::Value::Null,
+            error: Some(message.clone()),
+            config: self.configs[i].clone(),
+            figures: r.figures,
+            attempts: r.attempts,
+            started_s: r.started_s.unwrap_or(0.0),
+            ended_s: r.started_s.unwrap_or(0.0),
+            resumed: false,
+        })?;
+        Ok(message)
     }
 }
 
@@ -875,448 +797,4 @@ fn collect(elements: &[Option<serde_json::Value>], list: bool) -> Value {
     } else {
         render::from_json(elements.first().cloned().flatten().unwrap_or_default())
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    rec: &mut Recorder,
-    slots: &mut [Slot],
-    progress: &mut Progress,
-    i: usize,
-    value: Value,
-    started: f64,
-    resumed: bool,
-    configs: &[ConfigRef],
-    wf: &joule_planner::Workflow,
-) -> Result<(), SinkError> {
-    let r = &mut progress.results[i];
-    let ended = rec.t0.elapsed().as_secs_f64();
-    r.started_s.get_or_insert(started);
-    r.ended_s = Some(r.ended_s.map_or(ended, |e: f64| e.max(started)));
-    r.figures.latency_s = r.ended_s.unwrap_or(ended) - r.started_s.unwrap_or(started);
-    if r.config.model.is_none() && r.kind == "llm" {
-        r.config = configs[i].clone();
-    }
-    if !rec.quiet {
-        rec.emit(Event::StepEnded {
-            step: wf.steps[i].id.clone(),
-            ok: true,
-            output: serde_json::to_value(&value).unwrap_or_default(),
-            error: None,
-            config: r.config.clone(),
-            figures: r.figures,
-            attempts: r.attempts,
-            started_s: r.started_s.unwrap_or(started),
-            ended_s: r.ended_s.unwrap_or(ended),
-            resumed,
-        })?;
-    }
-    slots[i] = Slot::Done(value);
-    Ok(())
-}
-
-fn step_error(
-    rec: &mut Recorder,
-    progress: &mut Progress,
-    i: usize,
-    configs: &[ConfigRef],
-    message: String,
-) -> Result<String, SinkError> {
-    let r = &mut progress.results[i];
-    let message = format!("step `{}`: {message}", r.id);
-    r.status = "failed";
-    r.error = Some(message.clone());
-    rec.emit(Event::StepEnded {
-        step: r.id.clone(),
-        ok: false,
-        output: serde_json::Value::Null,
-        error: Some(message.clone()),
-        config: configs[i].clone(),
-        figures: r.figures,
-        attempts: r.attempts,
-        started_s: r.started_s.unwrap_or(0.0),
-        ended_s: r.started_s.unwrap_or(0.0),
-        resumed: false,
-    })?;
-    Ok(message)
-}
-
-/// Plans the steps not yet started again, with the finished and running ones fixed at no
-/// further cost and the SLO shortened by the time already spent. Returns the event when the
-/// new plan changes something.
-#[allow(clippy::too_many_arguments)]
-fn replan(
-    problem: &Problem,
-    slots: &[Slot],
-    configs: &mut [ConfigRef],
-    planned_end: &mut [f64],
-    plan_total: &mut f64,
-    elapsed: f64,
-    projected: f64,
-    slo: f64,
-) -> Option<Event> {
-    let mut q = problem.clone();
-    let mut fixed = 0;
-    for (i, s) in q.steps.iter_mut().enumerate() {
-        if matches!(slots[i], Slot::Waiting) {
-            continue;
-        }
-        fixed += 1;
-        let keep = s
-            .configs
-            .iter()
-            .position(|c| c.model == configs[i].model && c.device == configs[i].device)
-            .unwrap_or(0);
-        let mut c = s.configs[keep].clone();
-        c.latency_s = 0.0;
-        c.energy_j = 0.0;
-        c.cost_usd = 0.0;
-        c.residency = None;
-        s.configs = vec![c];
-    }
-    if fixed == q.steps.len() {
-        return None;
-    }
-    q.budget.latency_s = Some((slo - elapsed).max(0.001));
-    // The run waits while this solves: a second is plenty for the steps that are left, and a
-    // time-limited answer is still a feasible one.
-    let solved = solve::solve(&q, &solve::Options { time_limit_s: 1.0 });
-    let (note, changes) = match solved {
-        Ok(s) if s.status != solve::Status::Infeasible => {
-            let mut changes = Vec::new();
-            for (i, step) in q.steps.iter().enumerate() {
-                if !matches!(slots[i], Slot::Waiting) {
-                    continue;
-                }
-                let c = &step.configs[s.assignment[i]];
-                let new = ConfigRef {
-                    model: c.model.clone(),
-                    device: c.device.clone(),
-                };
-                if new != configs[i] {
-                    changes.push((step.id.clone(), configs[i].clone(), new.clone()));
-                    configs[i] = new;
-                }
-                planned_end[i] = elapsed + s.schedule.end[i];
-            }
-            *plan_total = elapsed + s.totals.latency_s;
-            if changes.is_empty() {
-                (
-                    "the current configs are still the best that fit".to_string(),
-                    changes,
-                )
-            } else {
-                (
-                    format!(
-                        "{} step(s) moved to faster or cheaper configs",
-                        changes.len()
-                    ),
-                    changes,
-                )
-            }
-        }
-        _ => {
-            // Nothing fits what is left of the SLO: keep going, and do not ask again until
-            // the run slips further.
-            *plan_total = projected;
-            (
-                "no plan fits what is left of the SLO; continuing as planned".to_string(),
-                Vec::new(),
-            )
-        }
-    };
-    Some(Event::Replanned {
-        elapsed_s: elapsed,
-        projected_s: projected,
-        slo_s: slo,
-        changes,
-        note,
-    })
-}
-
-/// Runs one call site: attempts with backoff on each config in turn.
-async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
-    let mut attempts = 0u32;
-    let mut figures = Figures::default();
-    let mut started_s = None;
-    let mut last_error = String::from("no config to run on");
-    let mut last_config = ConfigRef {
-        model: None,
-        device: "host".into(),
-    };
-    let now = |sh: &Shared| sh.meters_now();
-    for (k, call) in w.calls.iter().enumerate() {
-        let config = config_of(call);
-        if k > 0 {
-            let _ = sh.events.send(Event::Fallback {
-                step: w.site.step.clone(),
-                index: w.site.index,
-                from: last_config.clone(),
-                to: config.clone(),
-                reason: last_error.clone(),
-            });
-        }
-        last_config = config.clone();
-        for attempt in 1..=w.retry + 1 {
-            if sh.cancel.is_cancelled() {
-                return done(
-                    &w,
-                    Err("cancelled".into()),
-                    last_config,
-                    figures,
-                    attempts,
-                    started_s,
-                    now(&sh),
-                );
-            }
-            let mut call = call.clone();
-            if let Call::Llm(c) = &mut call
-                && attempt > 1
-                && c.temperature == 0.0
-            {
-                // Greedy decoding would repeat the failed answer; sample instead.
-                c.temperature = 0.7;
-                c.seed = u64::from(attempt);
-            }
-            let semaphore = sh.semaphores.get(call.device()).cloned();
-            let _permit = match &semaphore {
-                Some(s) => tokio::select! {
-                    p = s.clone().acquire_owned() => p.ok(),
-                    _ = sh.cancel.cancelled() => {
-                        return done(&w, Err("cancelled".into()), last_config, figures, attempts, started_s, now(&sh));
-                    }
-                },
-                None => None,
-            };
-            attempts += 1;
-            let begin = now(&sh);
-            started_s.get_or_insert(begin);
-            let _ = sh.events.send(Event::AttemptStarted {
-                step: w.site.step.clone(),
-                index: w.site.index,
-                attempt: attempts,
-                config: config.clone(),
-                call: serde_json::to_value(&call).unwrap_or_default(),
-            });
-            let metered = matches!(call, Call::Llm(_));
-            let busy = metered.then(|| sh.meters.begin(call.device()));
-            let attempt_cancel = sh.cancel.child();
-            let on_tokens: OnTokens = {
-                let (events, step, index) = (sh.events.clone(), w.site.step.clone(), w.site.index);
-                Arc::new(move |tokens| {
-                    let _ = events.send(Event::Progress {
-                        step: step.clone(),
-                        index,
-                        tokens,
-                    });
-                })
-            };
-            let site = Site {
-                attempt: attempts,
-                ..w.site.clone()
-            };
-            let span = match &call {
-                Call::Llm(c) => tracing::info_span!(
-                    "gen_ai.chat",
-                    gen_ai.operation.name = "chat",
-                    gen_ai.request.model = %c.model,
-                    gen_ai.usage.input_tokens = tracing::field::Empty,
-                    gen_ai.usage.output_tokens = tracing::field::Empty,
-                    joule.energy_j = tracing::field::Empty,
-                    joule.device = %c.device,
-                    joule.step = %w.site.step,
-                ),
-                Call::Tool(c) => tracing::info_span!(
-                    "joule.tool",
-                    joule.tool = %c.tool,
-                    joule.step = %w.site.step,
-                ),
-            };
-            let result = match w.timeout_s {
-                Some(t) if matches!(call, Call::Llm(_)) => {
-                    match tokio::time::timeout(
-                        Duration::from_secs_f64(t),
-                        sh.backend
-                            .call(&site, &call, &attempt_cancel, &on_tokens)
-                            .instrument(span.clone()),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => {
-                            attempt_cancel.cancel();
-                            Err(CallError::transient(format!("timed out after {t} s")))
-                        }
-                    }
-                }
-                _ => {
-                    sh.backend
-                        .call(&site, &call, &attempt_cancel, &on_tokens)
-                        .instrument(span.clone())
-                        .await
-                }
-            };
-            let energy = busy.map(|b| sh.meters.end(b));
-            drop(_permit);
-            let end = now(&sh);
-            let mut f = attempt_figures(&sh, &call, result.as_ref().ok(), energy, end - begin);
-            f.latency_s = end - begin;
-            figures.absorb(&f);
-            span.record("gen_ai.usage.input_tokens", f.tokens_in);
-            span.record("gen_ai.usage.output_tokens", f.tokens_out);
-            span.record("joule.energy_j", f.energy_j);
-            let checked: Result<serde_json::Value, CallError> =
-                result.clone().and_then(|a| match (&w.output, &call) {
-                    (Some(spec), Call::Llm(_)) => check::check(spec, &a.text)
-                        .map_err(|e| CallError::transient(format!("output: {e}"))),
-                    (_, Call::Llm(_)) => Ok(serde_json::Value::String(a.text.trim().to_string())),
-                    _ => Ok(serde_json::Value::String(a.text.trim_end().to_string())),
-                });
-            let _ = sh.events.send(Event::AttemptEnded {
-                step: w.site.step.clone(),
-                index: w.site.index,
-                attempt: attempts,
-                config: config.clone(),
-                ok: checked.is_ok(),
-                answer: result.as_ref().ok().cloned(),
-                error: checked.as_ref().err().map(|e| e.message.clone()),
-                transient: checked.as_ref().err().is_some_and(|e| e.transient),
-                figures: f,
-            });
-            match checked {
-                Ok(v) => return done(&w, Ok(v), config, figures, attempts, started_s, end),
-                Err(e) => {
-                    last_error = e.message.clone();
-                    if sh.cancel.is_cancelled() {
-                        return done(
-                            &w,
-                            Err("cancelled".into()),
-                            config,
-                            figures,
-                            attempts,
-                            started_s,
-                            end,
-                        );
-                    }
-                    if !e.transient {
-                        break;
-                    }
-                    if attempt <= w.retry && !sh.no_backoff {
-                        let wait = crate::backend::backoff(
-                            Duration::from_secs_f64(w.backoff_s.max(0.0)),
-                            Duration::from_secs(30),
-                            attempt,
-                            sh.seed ^ u64::from(attempts) ^ (w.step as u64) << 32,
-                        );
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = sh.cancel.cancelled() => {}
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let message = if attempts > 1 {
-        format!("{last_error} (after {attempts} attempts)")
-    } else {
-        last_error
-    };
-    done(
-        &w,
-        Err(message),
-        last_config,
-        figures,
-        attempts,
-        started_s,
-        sh.meters_now(),
-    )
-}
-
-impl Shared {
-    fn meters_now(&self) -> f64 {
-        self.meters.elapsed()
-    }
-}
-
-fn done(
-    w: &Work,
-    result: Result<serde_json::Value, String>,
-    config: ConfigRef,
-    figures: Figures,
-    attempts: u32,
-    started_s: Option<f64>,
-    ended_s: f64,
-) -> Done {
-    Done {
-        step: w.step,
-        index: w.site.index,
-        result,
-        config,
-        figures,
-        attempts,
-        started_s: started_s.unwrap_or(ended_s),
-        ended_s,
-    }
-}
-
-fn config_of(call: &Call) -> ConfigRef {
-    match call {
-        Call::Llm(c) => ConfigRef {
-            model: Some(c.model.clone()),
-            device: c.device.clone(),
-        },
-        Call::Tool(_) => ConfigRef {
-            model: None,
-            device: "host".into(),
-        },
-    }
-}
-
-/// Tokens, energy and cost of one attempt. Energy comes from the device's meter (labelled with
-/// its method); a tool's is its CPU time at one busy core's power, labelled `estimate`. Cost is
-/// the endpoint's token prices, or for a local device its electricity plus its hourly price.
-fn attempt_figures(
-    sh: &Shared,
-    call: &Call,
-    answer: Option<&Answer>,
-    energy: Option<crate::meter::Energy>,
-    wall_s: f64,
-) -> Figures {
-    let mut f = Figures {
-        latency_s: wall_s,
-        ..Figures::default()
-    };
-    if let Some(a) = answer {
-        f.tokens_in = a.tokens_in;
-        f.tokens_out = a.tokens_out;
-        f.ttft_s = a.ttft_s;
-        f.load_s = a.load_s;
-    }
-    match call {
-        Call::Llm(c) => {
-            if let Some(e) = energy {
-                f.energy_j = e.joules;
-                f.energy_method = Some(e.method);
-            }
-            let electricity = sh.catalog.prices.electricity_usd_per_kwh.value / 3.6e6;
-            if let Some(ep) = sh.catalog.endpoint(&c.device) {
-                f.cost_usd = f.tokens_in as f64 * ep.usd_per_million_input.value / 1e6
-                    + f.tokens_out as f64 * ep.usd_per_million_output.value / 1e6;
-            } else {
-                let hourly = sh
-                    .catalog
-                    .device(&c.device)
-                    .map_or(0.0, |d| d.usd_per_hour.value);
-                f.cost_usd = f.energy_j * electricity + hourly * wall_s / 3600.0;
-            }
-        }
-        Call::Tool(_) => {
-            let cpu = answer.and_then(|a| a.cpu_s).unwrap_or(0.0);
-            f.energy_j = cpu * HOST_W;
-            f.energy_method = Some(Method::Estimate);
-            f.cost_usd = f.energy_j * sh.catalog.prices.electricity_usd_per_kwh.value / 3.6e6;
-        }
-    }
-    f
 }
