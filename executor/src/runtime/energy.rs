@@ -120,3 +120,42 @@ fn sample(d: &mut Device, t: f64) {
         });
     d.samples.push((t, joules));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::Method;
+
+    /// Two steps overlapping on one (estimated, 100 W) device: together they are charged the
+    /// device's energy over the whole span, each its own stretch plus half the shared one.
+    #[test]
+    fn overlapping_steps_share_the_device_energy() {
+        let t0 = Instant::now();
+        let meters = Meters::new(t0, Box::new(|_| 100.0));
+        let spin = |d: std::time::Duration| {
+            let s = Instant::now();
+            while s.elapsed() < d {}
+        };
+        let ms = std::time::Duration::from_millis(30);
+        let a = meters.begin("remote");
+        let start = meters.elapsed();
+        spin(ms);
+        let b = meters.begin("remote");
+        spin(ms);
+        let ea = meters.end(a);
+        spin(ms);
+        let eb = meters.end(b);
+        let span = meters.elapsed() - start;
+        assert_eq!(ea.method, Method::Estimate);
+        let total = ea.joules + eb.joules;
+        assert!(
+            (total - 100.0 * span).abs() < 0.05 * 100.0 * span,
+            "{total} vs {}",
+            100.0 * span
+        );
+        // Each had about 30 ms alone and 30 ms shared: neither got the shared stretch twice.
+        for e in [ea.joules, eb.joules] {
+            assert!(e > 0.3 * total && e < 0.7 * total, "{e} of {total}");
+        }
+    }
+}
