@@ -303,7 +303,17 @@ fn a_run_killed_with_sigkill_resumes_without_redoing_finished_steps() {
         ],
     );
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(json(&out)["status"], "succeeded");
+    let report = json(&out);
+    assert_eq!(report["status"], "succeeded");
+    for s in report["steps"].as_array().unwrap() {
+        if finished.contains(s["id"].as_str().unwrap()) {
+            assert_eq!(s["resumed"], true);
+            assert!(
+                s["energy_j"].as_f64().unwrap() > 0.0,
+                "what it cost before the kill counts: {s}"
+            );
+        }
+    }
     let after = trace(&second);
     let called: BTreeSet<String> = of(&after, "attempt_started")
         .map(|e| e["step"].as_str().unwrap().to_string())

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::backend::{CallError, Recording, Site};
-use crate::runtime::{Event, Prior, Record, RunStatus, Sink, SinkError};
+use crate::runtime::{ConfigRef, Event, Prior, Record, RunStatus, Sink, SinkError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -317,13 +317,28 @@ impl Store {
     /// What an interrupted run already finished.
     pub fn prior(&self, id: &str) -> Result<Prior, StoreError> {
         let mut prior = Prior::default();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT step, output FROM steps WHERE run_id = ?1 AND ok = 1")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT step, output, model, device, figures, attempts FROM steps WHERE run_id = ?1 AND ok = 1",
+        )?;
         for row in stmt.query_map([id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, u32>(5)?,
+            ))
         })? {
-            let (step, output) = row?;
+            let (step, output, model, device, figures, attempts) = row?;
+            let figures = serde_json::from_str(&figures).map_err(|e| StoreError::Corrupt {
+                what: "step figures".into(),
+                message: e.to_string(),
+            })?;
+            prior.figures.insert(
+                step.clone(),
+                (ConfigRef { model, device }, figures, attempts),
+            );
             prior.steps.insert(step, parse("step output", &output)?);
         }
         let mut stmt = self

@@ -47,6 +47,8 @@ pub use event::{ConfigRef, Event, Figures, Record, RunStatus, Sink, SinkError};
 pub struct Prior {
     pub steps: HashMap<String, serde_json::Value>,
     pub elements: HashMap<(String, usize), serde_json::Value>,
+    /// What those steps cost when they ran, so a resumed run's report counts them.
+    pub figures: HashMap<String, (ConfigRef, Figures, u32)>,
 }
 
 /// Everything one run needs.
@@ -263,12 +265,16 @@ impl Executor {
                 // A step finished in an earlier run is not run again.
                 if let Some(prior) = job.prior.steps.get(&step.id) {
                     let out = render::from_json(prior);
-                    book.results[i].resumed = true;
-                    book.results[i].status = if prior.is_null() && step.when.is_some() {
+                    let r = &mut book.results[i];
+                    r.resumed = true;
+                    r.status = if prior.is_null() && step.when.is_some() {
                         "skipped"
                     } else {
                         "succeeded"
                     };
+                    if let Some((config, figures, attempts)) = job.prior.figures.get(&step.id) {
+                        (r.config, r.figures, r.attempts) = (config.clone(), *figures, *attempts);
+                    }
                     book.complete(&mut rec, wf, i, out, started, true)?;
                     continue;
                 }
@@ -735,7 +741,10 @@ impl Book {
         let ended = rec.t0.elapsed().as_secs_f64();
         r.started_s.get_or_insert(started);
         r.ended_s = Some(r.ended_s.map_or(ended, |e: f64| e.max(started)));
-        r.figures.latency_s = r.ended_s.unwrap_or(ended) - r.started_s.unwrap_or(started);
+        // A resumed step keeps the latency it had when it ran.
+        if !resumed {
+            r.figures.latency_s = r.ended_s.unwrap_or(ended) - r.started_s.unwrap_or(started);
+        }
         if r.config.model.is_none() && r.kind == "llm" {
             r.config = self.configs[i].clone();
         }
