@@ -364,12 +364,15 @@ fn execute(
         inputs,
         prior,
     };
-    let executor = Executor::new(
+    let mut executor = Executor::new(
         Arc::new(backend),
         catalog.clone(),
         Arc::new(profiles),
         Options::default(),
     );
+    if let Some(s) = &store {
+        executor = executor.with_cache(Arc::new(s.cache().map_err(|e| miette!("{e}"))?));
+    }
     let cancel = Cancel::new();
     let outcome = crate::runtime()?.block_on(async {
         let on_signal = cancel.clone();
@@ -773,10 +776,17 @@ impl Sink for Display {
                 attempt,
                 ok,
                 error,
+                cached,
                 ..
             } => {
                 if let Some(bar) = self.bars.remove(&(step.clone(), *index)) {
                     bar.finish_and_clear();
+                }
+                if *cached {
+                    self.line(format!(
+                        "  {step}{}: answered from an earlier identical call (cache: true)",
+                        index.map(|i| format!("[{i}]")).unwrap_or_default()
+                    ));
                 }
                 if !ok {
                     self.line(format!(

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::backend::{CallError, Recording, Site};
+use crate::backend::{Answer, Cache, CallError, Recording, Site};
 use crate::runtime::{ConfigRef, Event, Prior, Record, RunStatus, Sink, SinkError};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     figures TEXT NOT NULL,
     PRIMARY KEY (run_id, step, idx, attempt)
 );
+CREATE INDEX IF NOT EXISTS attempts_call ON attempts(call) WHERE ok = 1;
 CREATE TABLE IF NOT EXISTS elements (
     run_id TEXT NOT NULL REFERENCES runs(id),
     step TEXT NOT NULL,
@@ -410,6 +411,19 @@ impl Store {
         rows.map(|b| parse("event", &b?)).collect()
     }
 
+    /// A second, read-only connection that answers `cache: true` steps from this store while
+    /// the run writes through the first (WAL lets both proceed).
+    pub fn cache(&self) -> Result<StoreCache, StoreError> {
+        let conn =
+            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| StoreError::Open {
+                    path: self.path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(StoreCache(std::sync::Mutex::new(conn)))
+    }
+
     /// Attaches the finished report to a run.
     pub fn set_report(&mut self, id: &str, report: &serde_json::Value) -> Result<(), StoreError> {
         self.commit()?;
@@ -468,6 +482,7 @@ impl Store {
                 error,
                 transient,
                 figures,
+                ..
             } => {
                 let call = self
                     .calls
@@ -557,6 +572,31 @@ impl Store {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Earlier successful answers, by the exact call that produced them.
+pub struct StoreCache(std::sync::Mutex<Connection>);
+
+impl Cache for StoreCache {
+    fn lookup(&self, call: &serde_json::Value) -> Option<Answer> {
+        let conn = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let answer: String = conn
+            .query_row(
+                "SELECT answer FROM attempts WHERE ok = 1 AND call = ?1 ORDER BY rowid DESC LIMIT 1",
+                [json(call)],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "run store cache lookup failed; calling instead");
+                None
+            })??;
+        let mut answer: Answer = serde_json::from_str(&answer).ok()?;
+        // What the original call measured is not spent again.
+        answer.load_s = 0.0;
+        answer.cpu_s = None;
+        Some(answer)
     }
 }
 

@@ -55,6 +55,11 @@ tools:
   - name: sleep
     program: sh
     argv: ["-c", "sleep 30 & sleep 30", "sh"]
+  - name: random
+    program: mktemp
+    argv: ["-u", "{prefix}.XXXXXXXXXX"]
+    args:
+      prefix: { type: string }
   - name: nap
     program: sh
     argv: ["-c", "sleep 1.5; echo slept"]
@@ -852,4 +857,78 @@ outputs:
         _ => None,
     });
     assert!(failed.unwrap().contains("not one of: bug, feature"));
+}
+
+#[tokio::test]
+async fn a_cached_step_reuses_an_identical_earlier_call_instead_of_running_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("runs.db")).unwrap();
+    let catalog = catalog();
+    let yaml = r#"
+name: cached
+policy: { tools: [random] }
+steps:
+  now:
+    tool: random
+    args: { prefix: a }
+    cache: true
+  uncached:
+    tool: random
+    args: { prefix: b }
+outputs:
+  now: "{{ steps.now.output }}"
+  uncached: "{{ steps.uncached.output }}"
+"#;
+    let mut outputs = Vec::new();
+    let mut cached = Vec::new();
+    for run in ["first", "second"] {
+        store
+            .create_run(&NewRun {
+                id: run,
+                workflow: "cached",
+                file: "w.yaml",
+                source: yaml,
+                inputs: &serde_json::json!({}),
+                plan: &serde_json::json!({}),
+                options: &serde_json::json!({}),
+            })
+            .unwrap();
+        let dag = compile(yaml, &catalog);
+        let job = Job {
+            run_id: run.into(),
+            plan: plan_on(&dag, "cpu"),
+            dag: Arc::new(dag),
+            problem: None,
+            inputs: Default::default(),
+            prior: Prior::default(),
+        };
+        let mut events = Events::default();
+        let executor = Executor::new(
+            router(&catalog),
+            Arc::new(catalog.clone()),
+            Arc::new(Profiles::reference()),
+            Options::default(),
+        )
+        .with_cache(Arc::new(store.cache().unwrap()));
+        let out = executor
+            .run(job, &mut [&mut store, &mut events], &Cancel::new())
+            .await
+            .unwrap();
+        assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+        outputs.push(out.outputs);
+        cached.push(events.count(|e| matches!(e, Event::AttemptEnded { cached: true, .. })));
+    }
+    assert_eq!(
+        cached,
+        [0, 1],
+        "only the second run's `now` is answered from the store"
+    );
+    assert_eq!(
+        outputs[0]["now"], outputs[1]["now"],
+        "the cached step kept its answer"
+    );
+    assert_ne!(
+        outputs[0]["uncached"], outputs[1]["uncached"],
+        "the clock really ran again"
+    );
 }

@@ -122,6 +122,12 @@ pub trait Backend: Send + Sync {
     ) -> CallFuture<'a>;
 }
 
+/// Answers of earlier identical calls, for steps marked `cache: true`. `call` is the call as
+/// JSON, exactly as recorded.
+pub trait Cache: Send + Sync {
+    fn lookup(&self, call: &serde_json::Value) -> Option<Answer>;
+}
+
 /// Exponential backoff with full jitter: a uniformly random wait in [0, base * 2^(attempt-1)],
 /// capped at `max`. Spreads retries of many callers instead of synchronising them.
 pub fn backoff(base: Duration, max: Duration, attempt: u32, seed: u64) -> Duration {

@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
 use super::{Cancel, ConfigRef, Event, Figures, check, energy};
-use crate::backend::{Answer, Backend, Call, CallError, OnTokens, Site};
+use crate::backend::{Answer, Backend, Cache, Call, CallError, OnTokens, Site};
 use crate::meter::Method;
 use std::collections::HashMap;
 
@@ -25,6 +25,7 @@ pub(super) struct Shared {
     pub(super) cancel: Cancel,
     pub(super) catalog: Arc<Catalog>,
     pub(super) no_backoff: bool,
+    pub(super) cache: Option<Arc<dyn Cache>>,
     pub(super) seed: u64,
 }
 
@@ -38,6 +39,8 @@ pub(super) struct Work {
     pub(super) backoff_s: f64,
     pub(super) timeout_s: Option<f64>,
     pub(super) output: Option<OutputSpec>,
+    /// Whether the step said `cache: true`.
+    pub(super) cache: bool,
 }
 
 pub(super) struct Done {
@@ -95,7 +98,17 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                 c.temperature = 0.7;
                 c.seed = u64::from(attempt);
             }
-            let semaphore = sh.semaphores.get(call.device()).cloned();
+            let call_json = serde_json::to_value(&call).unwrap_or_default();
+            // `cache: true`: an identical call that succeeded before is answered from the store.
+            let hit = match &sh.cache {
+                Some(cache) if w.cache && attempts == 0 => cache.lookup(&call_json),
+                _ => None,
+            };
+            let semaphore = sh
+                .semaphores
+                .get(call.device())
+                .cloned()
+                .filter(|_| hit.is_none());
             let _permit = match &semaphore {
                 Some(s) => tokio::select! {
                     p = s.clone().acquire_owned() => p.ok(),
@@ -113,71 +126,29 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                 index: w.site.index,
                 attempt: attempts,
                 config: config.clone(),
-                call: serde_json::to_value(&call).unwrap_or_default(),
+                call: call_json,
             });
-            let metered = matches!(call, Call::Llm(_));
-            let busy = metered.then(|| sh.meters.begin(call.device()));
-            let attempt_cancel = sh.cancel.child();
-            let on_tokens: OnTokens = {
-                let (events, step, index) = (sh.events.clone(), w.site.step.clone(), w.site.index);
-                Arc::new(move |tokens| {
-                    let _ = events.send(Event::Progress {
-                        step: step.clone(),
-                        index,
-                        tokens,
-                    });
-                })
-            };
             let site = Site {
                 attempt: attempts,
                 ..w.site.clone()
             };
-            let span = match &call {
-                Call::Llm(c) => tracing::info_span!(
-                    "gen_ai.chat",
-                    gen_ai.operation.name = "chat",
-                    gen_ai.request.model = %c.model,
-                    gen_ai.usage.input_tokens = tracing::field::Empty,
-                    gen_ai.usage.output_tokens = tracing::field::Empty,
-                    joule.energy_j = tracing::field::Empty,
-                    joule.device = %c.device,
-                    joule.step = %w.site.step,
-                ),
-                Call::Tool(c) => tracing::info_span!(
-                    "joule.tool",
-                    joule.tool = %c.tool,
-                    joule.step = %w.site.step,
-                ),
-            };
-            let result = match w.timeout_s {
-                Some(t) if matches!(call, Call::Llm(_)) => {
-                    match tokio::time::timeout(
-                        Duration::from_secs_f64(t),
-                        sh.backend
-                            .call(&site, &call, &attempt_cancel, &on_tokens)
-                            .instrument(span.clone()),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => {
-                            attempt_cancel.cancel();
-                            Err(CallError::transient(format!("timed out after {t} s")))
-                        }
-                    }
-                }
-                _ => {
-                    sh.backend
-                        .call(&site, &call, &attempt_cancel, &on_tokens)
-                        .instrument(span.clone())
-                        .await
-                }
+            let cached = hit.is_some();
+            let busy =
+                (matches!(call, Call::Llm(_)) && !cached).then(|| sh.meters.begin(call.device()));
+            let span = span(&call, &w.site.step);
+            let result = match hit {
+                Some(answer) => Ok(answer),
+                None => invoke(&sh, &site, &call, w.timeout_s, &span).await,
             };
             let energy = busy.map(|b| sh.meters.end(b));
             drop(_permit);
             let end = now(&sh);
             let mut f = attempt_figures(&sh, &call, result.as_ref().ok(), energy, end - begin);
             f.latency_s = end - begin;
+            if cached {
+                // Nothing ran: no energy, no price (the tokens say what was reused).
+                (f.energy_j, f.energy_method, f.cost_usd) = (0.0, None, 0.0);
+            }
             figures.absorb(&f);
             span.record("gen_ai.usage.input_tokens", f.tokens_in);
             span.record("gen_ai.usage.output_tokens", f.tokens_out);
@@ -198,6 +169,7 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                 answer: result.as_ref().ok().cloned(),
                 error: checked.as_ref().err().map(|e| e.message.clone()),
                 transient: checked.as_ref().err().is_some_and(|e| e.transient),
+                cached,
                 figures: f,
             });
             match checked {
@@ -248,6 +220,65 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
         started_s,
         sh.meters_now(),
     )
+}
+
+/// The tracing span of a call: the OpenTelemetry GenAI attributes for a model call (usage
+/// and energy are recorded when it ends).
+fn span(call: &Call, step: &str) -> tracing::Span {
+    match call {
+        Call::Llm(c) => tracing::info_span!(
+            "gen_ai.chat",
+            gen_ai.operation.name = "chat",
+            gen_ai.request.model = %c.model,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            joule.energy_j = tracing::field::Empty,
+            joule.device = %c.device,
+            joule.step = %step,
+        ),
+        Call::Tool(c) => {
+            tracing::info_span!("joule.tool", joule.tool = %c.tool, joule.step = %step)
+        }
+    }
+}
+
+/// One backend call under the step's timeout (tools enforce theirs themselves, killing the
+/// process group), reporting tokens as they come.
+async fn invoke(
+    sh: &Shared,
+    site: &Site,
+    call: &Call,
+    timeout_s: Option<f64>,
+    span: &tracing::Span,
+) -> Result<Answer, CallError> {
+    let cancel = sh.cancel.child();
+    let on_tokens: OnTokens = {
+        let (events, step, index) = (sh.events.clone(), site.step.clone(), site.index);
+        Arc::new(move |tokens| {
+            let _ = events.send(Event::Progress {
+                step: step.clone(),
+                index,
+                tokens,
+            });
+        })
+    };
+    let work = sh
+        .backend
+        .call(site, call, &cancel, &on_tokens)
+        .instrument(span.clone());
+    match timeout_s {
+        Some(t) if matches!(call, Call::Llm(_)) => {
+            match tokio::time::timeout(Duration::from_secs_f64(t), work).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Stops a local generation at its next token.
+                    cancel.cancel();
+                    Err(CallError::transient(format!("timed out after {t} s")))
+                }
+            }
+        }
+        _ => work.await,
+    }
 }
 
 impl Shared {

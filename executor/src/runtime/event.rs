@@ -109,6 +109,9 @@ pub enum Event {
         /// Whether the failure may go away on another try.
         #[serde(default)]
         transient: bool,
+        /// Answered from an earlier run's identical call (`cache: true`): nothing ran.
+        #[serde(default)]
+        cached: bool,
         figures: Figures,
     },
     /// Tokens generated so far by a running model call, for progress displays. Not stored and

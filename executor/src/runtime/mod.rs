@@ -36,7 +36,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::backend::{Backend, Call, LlmCall, Site, ToolCall};
+use crate::backend::{Backend, Cache, Call, LlmCall, Site, ToolCall};
 use attempt::{Done, Shared, Work, run_work};
 pub use cancel::Cancel;
 pub use event::{ConfigRef, Event, Figures, Record, RunStatus, Sink, SinkError};
@@ -130,6 +130,7 @@ pub struct Executor {
     catalog: Arc<Catalog>,
     profiles: Arc<Profiles>,
     options: Options,
+    cache: Option<Arc<dyn Cache>>,
 }
 
 #[derive(Clone)]
@@ -151,7 +152,14 @@ impl Executor {
             catalog,
             profiles,
             options,
+            cache: None,
         }
+    }
+
+    /// Answers `cache: true` steps from earlier identical calls (the run store's).
+    pub fn with_cache(mut self, cache: Arc<dyn Cache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     fn semaphores(&self, job: &Job) -> HashMap<String, Arc<Semaphore>> {
@@ -217,6 +225,7 @@ impl Executor {
             cancel: run_cancel.clone(),
             catalog: self.catalog.clone(),
             no_backoff: self.options.no_backoff,
+            cache: self.cache.clone(),
             seed: t0.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
         });
         let mut rec = Recorder {
@@ -378,6 +387,7 @@ impl Executor {
                             StepKind::Llm(l) => l.output.clone(),
                             _ => None,
                         },
+                        cache: step.cache,
                     };
                     let sh = shared.clone();
                     tasks.spawn(async move { run_work(sh, work).await });
