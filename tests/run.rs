@@ -133,6 +133,24 @@ fn triage_runs_reports_lists_and_replays() {
         out.contains("succeeded") && out.contains("classify"),
         "{out}"
     );
+    let (code, out, _) = run_in(
+        dir.path(),
+        &[
+            "runs",
+            "show",
+            id,
+            "--store",
+            db.to_str().unwrap(),
+            "--events",
+        ],
+    );
+    assert_eq!(code, 0);
+    let stored: Vec<Value> = out.lines().map(json).collect();
+    assert_eq!(
+        stored.len(),
+        events.len(),
+        "the store holds every traced event"
+    );
     let (code, out, err) = run_in(
         dir.path(),
         &["replay", id, "--store", db.to_str().unwrap(), "--json"],
