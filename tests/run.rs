@@ -242,47 +242,41 @@ outputs:
   last: "{{ steps.four.output }}"
 "#;
 
-#[test]
-fn a_run_killed_with_sigkill_resumes_without_redoing_finished_steps() {
-    ensure_smol();
-    let dir = tempfile::tempdir().unwrap();
-    let wf = dir.path().join("chain.yaml");
+/// Starts `joule run` on the four-step chain in the background, with a store and a trace.
+fn start_chain(dir: &Path, db: &Path, trace: &Path, stderr: Stdio) -> std::process::Child {
+    let wf = dir.join("chain.yaml");
     std::fs::write(&wf, CHAIN).unwrap();
-    let db = dir.path().join("runs.db");
-    let first = dir.path().join("first.jsonl");
-    let mut child = joule()
-        .args([
-            "run",
-            wf.to_str().unwrap(),
-            "--input",
-            "topic=the sea",
-            "--model",
-            "smollm2-135m",
-        ])
-        .args([
-            "--store",
-            db.to_str().unwrap(),
-            "--trace",
-            first.to_str().unwrap(),
-        ])
+    joule()
+        .args(["run", wf.to_str().unwrap(), "--input", "topic=the sea"])
+        .args(["--model", "smollm2-135m", "--store", db.to_str().unwrap()])
+        .args(["--trace", trace.to_str().unwrap()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
-        .unwrap();
-    // Wait (by watching the trace, which is flushed when a step ends) until two steps are done.
+        .unwrap()
+}
+
+/// Waits until the run's trace (flushed whenever a step ends) shows `n` finished steps.
+fn wait_for_steps(child: &mut std::process::Child, trace_file: &Path, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let done = of(&trace(&first), "step_ended").count();
-        if done >= 2 {
-            break;
-        }
+    while of(&trace(trace_file), "step_ended").count() < n {
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
+            "the run ended before it could be interrupted"
         );
         assert!(Instant::now() < deadline, "the run made no progress");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_without_redoing_finished_steps() {
+    ensure_smol();
+    let dir = tempfile::tempdir().unwrap();
+    let (db, first) = (dir.path().join("runs.db"), dir.path().join("first.jsonl"));
+    let mut child = start_chain(dir.path(), &db, &first, Stdio::null());
+    // Kill it once two steps are done.
+    wait_for_steps(&mut child, &first, 2);
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
     let before = trace(&first);
@@ -439,45 +433,15 @@ fn bad_inputs_are_refused_before_anything_runs() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("no run `nope`"), "{err}");
-    let _ = Command::new("true").status();
 }
 
 #[test]
 fn ctrl_c_stops_the_run_cleanly_and_resume_finishes_it() {
     ensure_smol();
     let dir = tempfile::tempdir().unwrap();
-    let wf = dir.path().join("chain.yaml");
-    std::fs::write(&wf, CHAIN).unwrap();
-    let db = dir.path().join("runs.db");
-    let tr = dir.path().join("trace.jsonl");
-    let mut child = joule()
-        .args([
-            "run",
-            wf.to_str().unwrap(),
-            "--input",
-            "topic=tea",
-            "--model",
-            "smollm2-135m",
-        ])
-        .args([
-            "--store",
-            db.to_str().unwrap(),
-            "--trace",
-            tr.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while of(&trace(&tr), "step_ended").count() < 1 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended too soon"
-        );
-        assert!(Instant::now() < deadline, "the run made no progress");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (db, tr) = (dir.path().join("runs.db"), dir.path().join("trace.jsonl"));
+    let mut child = start_chain(dir.path(), &db, &tr, Stdio::piped());
+    wait_for_steps(&mut child, &tr, 1);
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -95,15 +95,16 @@ fn plan_on(dag: &Dag, device: &str) -> Plan {
     p
 }
 
+/// Runs a compiled workflow with its llm steps planned on `device`.
 async fn run_with(
     backend: Arc<dyn Backend>,
     catalog: Catalog,
     dag: Dag,
-    plan: Plan,
+    device: &str,
     inputs: serde_json::Value,
-    prior: Prior,
     sinks: &mut [&mut dyn Sink],
 ) -> Outcome {
+    let plan = plan_on(&dag, device);
     let executor = Executor::new(
         backend,
         Arc::new(catalog),
@@ -116,7 +117,7 @@ async fn run_with(
         plan,
         problem: None,
         inputs: inputs.as_object().cloned().unwrap_or_default(),
-        prior,
+        prior: Prior::default(),
     };
     executor.run(job, sinks, &Cancel::new()).await.unwrap()
 }
@@ -156,15 +157,13 @@ policy: { tools: [echo] }
 "#,
         &catalog,
     );
-    let plan = plan_on(&dag, "cpu");
     let mut events = Events::default();
     let out = run_with(
         router(&catalog),
         catalog,
         dag,
-        plan,
+        "cpu",
         serde_json::json!({"words": ["a", "b", "c"]}),
-        Prior::default(),
         &mut [&mut events],
     )
     .await;
@@ -195,15 +194,13 @@ policy: { tools: [fail] }
 "#,
         &catalog,
     );
-    let plan = plan_on(&dag, "cpu");
     let mut events = Events::default();
     let out = run_with(
         router(&catalog),
         catalog,
         dag,
-        plan,
+        "cpu",
         serde_json::json!({}),
-        Prior::default(),
         &mut [&mut events],
     )
     .await;
@@ -245,14 +242,12 @@ policy: { tools: [echo] }
         "$(touch {m}); `touch {m}`; echo hi > {m}",
         m = marker.display()
     );
-    let plan = plan_on(&dag, "cpu");
     let out = run_with(
         router(&catalog),
         catalog.clone(),
         dag,
-        plan,
+        "cpu",
         serde_json::json!({ "text": hostile }),
-        Prior::default(),
         &mut [],
     )
     .await;
@@ -271,14 +266,12 @@ policy: { tools: [list] }
 "#,
         &catalog,
     );
-    let plan = plan_on(&dag, "cpu");
     let out = run_with(
         router(&catalog),
         catalog,
         dag,
-        plan,
+        "cpu",
         serde_json::json!({}),
-        Prior::default(),
         &mut [],
     )
     .await;
@@ -304,15 +297,13 @@ policy: { tools: [sleep] }
 "#,
         &catalog,
     );
-    let plan = plan_on(&dag, "cpu");
     let started = Instant::now();
     let out = run_with(
         router(&catalog),
         catalog,
         dag,
-        plan,
+        "cpu",
         serde_json::json!({}),
-        Prior::default(),
         &mut [],
     )
     .await;
@@ -374,15 +365,13 @@ async fn an_endpoint_that_rate_limits_then_answers_completes_the_run() {
     ])
     .await;
     let dag = endpoint_workflow(&catalog, "5s");
-    let plan = plan_on(&dag, "lan-joule");
     let mut events = Events::default();
     let out = run_with(
         endpoint_router(&catalog, &url),
         catalog,
         dag,
-        plan,
+        "lan-joule",
         serde_json::json!({}),
-        Prior::default(),
         &mut [&mut events],
     )
     .await;
@@ -403,15 +392,13 @@ async fn hanging_failing_and_cut_endpoints_end_the_run_instead_of_hanging_it() {
         let catalog = catalog();
         let (url, _) = injector(faults).await;
         let dag = endpoint_workflow(&catalog, "1s");
-        let plan = plan_on(&dag, "lan-joule");
         let started = Instant::now();
         let out = run_with(
             endpoint_router(&catalog, &url),
             catalog,
             dag,
-            plan,
+            "lan-joule",
             serde_json::json!({}),
-            Prior::default(),
             &mut [],
         )
         .await;
@@ -827,15 +814,13 @@ outputs:
 "#,
         &catalog,
     );
-    let plan = plan_on(&dag, "lan-joule");
     let mut events = Events::default();
     let out = run_with(
         endpoint_router(&catalog, &url),
         catalog,
         dag,
-        plan,
+        "lan-joule",
         serde_json::json!({}),
-        Prior::default(),
         &mut [&mut events],
     )
     .await;
