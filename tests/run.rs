@@ -259,7 +259,16 @@ fn start_chain(dir: &Path, db: &Path, trace: &Path, stderr: Stdio) -> std::proce
 /// Waits until the run's trace (flushed whenever a step ends) shows `n` finished steps.
 fn wait_for_steps(child: &mut std::process::Child, trace_file: &Path, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(300);
-    while of(&trace(trace_file), "step_ended").count() < n {
+    // The file is being written: a last line may be half there, so only whole lines count.
+    let ended = || {
+        std::fs::read_to_string(trace_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["event"] == "step_ended")
+            .count()
+    };
+    while ended() < n {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before it could be interrupted"
