@@ -7,8 +7,9 @@
 //! the choices as a whole word is taken as that choice. The step's output is always the
 //! choice as the workflow wrote it. A `json_schema` answer may come in a Markdown code fence;
 //! it must parse and satisfy the schema's `type`, `enum`, `const`, `required`, `properties`,
-//! `additionalProperties: false`, `items`, `minItems`/`maxItems`, `minimum`/`maximum` and
-//! `minLength`/`maxLength` (the subset workflows use; other keywords are not checked).
+//! `additionalProperties: false`, `items`, `minItems`/`maxItems`, `minimum`/`maximum`,
+//! `minLength`/`maxLength` and `pattern` (Rust `regex` syntax, which covers the usual ECMA
+//! patterns but not lookaround); other keywords are not checked.
 
 use joule_planner::spec::OutputSpec;
 use serde_json::Value;
@@ -120,6 +121,13 @@ pub fn validate(schema: &Value, v: &Value, at: &str) -> Result<(), String> {
         && (num("minimum").is_some_and(|m| x < m) || num("maximum").is_some_and(|m| x > m))
     {
         return Err(format!("{at}: {x} is out of range"));
+    }
+    if let (Some(text), Some(pattern)) = (v.as_str(), s.get("pattern").and_then(Value::as_str)) {
+        let re = regex::Regex::new(pattern)
+            .map_err(|e| format!("{at}: the schema's pattern `{pattern}` is not supported: {e}"))?;
+        if !re.is_match(text) {
+            return Err(format!("{at}: `{text}` does not match `{pattern}`"));
+        }
     }
     if let Some(text) = v.as_str() {
         let n = text.chars().count() as f64;
