@@ -214,6 +214,7 @@ pub fn resume(args: &ResumeArgs) -> miette::Result<ExitCode> {
     else {
         return Ok(ExitCode::FAILURE);
     };
+    let plan = stored_plan(&run.plan, &dag)?;
     let finished = prior.steps.len();
     eprintln!(
         "resuming run {}: {finished} of {} steps already finished",
@@ -226,7 +227,7 @@ pub fn resume(args: &ResumeArgs) -> miette::Result<ExitCode> {
         dag,
         inputs,
         &stored,
-        Some((run.id.clone(), prior)),
+        Some((run.id.clone(), prior, plan)),
         &args.output,
     )
 }
@@ -274,7 +275,7 @@ fn execute(
     mut dag: Dag,
     inputs: serde_json::Map<String, serde_json::Value>,
     stored: &Stored,
-    resume: Option<(String, Prior)>,
+    resume: Option<(String, Prior, Plan)>,
     out: &Output,
 ) -> miette::Result<ExitCode> {
     let Some(profiles) = stored.planning.profiles() else {
@@ -303,16 +304,20 @@ fn execute(
     );
     let request = stored.planning.request(None);
     let problem = planner_plan::problem(&dag, &catalog, &profiles, &env, &request);
-    let plan: Plan = match planner_plan::plan(&dag, &catalog, &profiles, &env, &request) {
-        Ok(p) => p,
-        Err(e) => {
-            crate::plan::print_error(e, out.json)?;
-            return Ok(ExitCode::FAILURE);
-        }
+    // A resumed run keeps the plan it started with; a new one is planned now.
+    let plan: Plan = match &resume {
+        Some((_, _, stored_plan)) => stored_plan.clone(),
+        None => match planner_plan::plan(&dag, &catalog, &profiles, &env, &request) {
+            Ok(p) => p,
+            Err(e) => {
+                crate::plan::print_error(e, out.json)?;
+                return Ok(ExitCode::FAILURE);
+            }
+        },
     };
     // The report compares against the SLO the run was held to.
     dag.workflow.budget = plan.budget;
-    if !out.json {
+    if !out.json && resume.is_none() {
         print!("{}", plan.to_text());
         println!();
     }
@@ -325,7 +330,7 @@ fn execute(
         Some(Store::open(&store_path(&out.store)).map_err(|e| miette!("{e}"))?)
     };
     let (run_id, prior) = match resume {
-        Some((id, prior)) => {
+        Some((id, prior, _)) => {
             if let Some(s) = &mut store {
                 s.reopen_run(&id).map_err(|e| miette!("{e}"))?;
             }
@@ -481,7 +486,7 @@ pub fn replay(args: &ReplayArgs) -> miette::Result<ExitCode> {
     else {
         return Ok(ExitCode::FAILURE);
     };
-    let plan = recorded_plan(&run.plan, &dag)?;
+    let plan = stored_plan(&run.plan, &dag)?;
     let calls = recorded.len();
     let recorded = Recorded { answers: recorded };
     let configs = recorded.configs();
@@ -548,19 +553,38 @@ pub fn replay(args: &ReplayArgs) -> miette::Result<ExitCode> {
     })
 }
 
-/// The configs of a stored plan, in the planner's type, so a replay sends every call to the
-/// same (model, device) as the run did.
-fn recorded_plan(plan: &serde_json::Value, dag: &Dag) -> miette::Result<Plan> {
+/// A stored plan back in the planner's type: the configs, schedule and predictions the run
+/// started with, so a resume runs (and reports against) the same plan, and a replay sends every
+/// call where the run did.
+fn stored_plan(plan: &serde_json::Value, dag: &Dag) -> miette::Result<Plan> {
     let mut p = planner_plan::empty(&dag.workflow);
     let steps = plan["steps"]
         .as_array()
-        .ok_or_else(|| miette!("the stored plan has no steps"))?;
+        .filter(|s| s.len() == p.steps.len())
+        .ok_or_else(|| miette!("the stored plan does not match the workflow's steps"))?;
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     for (planned, stored) in p.steps.iter_mut().zip(steps) {
         planned.model = stored["model"].as_str().map(str::to_string);
         if let Some(d) = stored["device"].as_str() {
             planned.device = d.to_string();
         }
+        planned.start_s = num(stored, "start_s");
+        planned.end_s = num(stored, "end_s");
+        planned.latency_s = planned.end_s - planned.start_s;
+        planned.energy_j = num(stored, "energy_j");
+        planned.cost_usd = num(stored, "cost_usd");
+        planned.tokens_in = num(stored, "tokens_in");
+        planned.tokens_out = num(stored, "tokens_out");
     }
+    let totals = &plan["totals"];
+    p.totals.latency_s = num(totals, "latency_s");
+    p.totals.energy_j = num(totals, "energy_j");
+    p.totals.cost_usd = num(totals, "cost_usd");
+    let budget = &plan["budget"];
+    p.budget.latency_s = budget["latency_s"].as_f64();
+    p.budget.energy_j = budget["energy_j"].as_f64();
+    p.budget.cost_usd = budget["cost_usd"].as_f64();
+    p.method = plan["method"].as_str().unwrap_or("stored").to_string();
     Ok(p)
 }
 

@@ -326,6 +326,10 @@ fn a_run_killed_with_sigkill_resumes_without_redoing_finished_steps() {
     assert_eq!(code, 0, "{out}\n{err}");
     let report = json(&out);
     assert_eq!(report["status"], "succeeded");
+    assert_eq!(
+        report["totals"]["predicted_latency_s"], before[0]["plan"]["totals"]["latency_s"],
+        "the resumed run keeps the plan it started with"
+    );
     for s in report["steps"].as_array().unwrap() {
         if finished.contains(s["id"].as_str().unwrap()) {
             assert_eq!(s["resumed"], true);
