@@ -6,6 +6,7 @@ mod generate;
 mod graph;
 mod models;
 mod plan;
+mod profile;
 mod progress;
 mod run;
 mod schema;
@@ -48,6 +49,8 @@ enum Command {
     Replay(run::ReplayArgs),
     /// List and show stored runs.
     Runs(run::RunsArgs),
+    /// Measure this machine's local models and write the profile the planner reads.
+    Profile(profile::Args),
 }
 
 /// A tokio runtime for the commands that do network work.
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Resume(args) => run::resume(&args),
         Command::Replay(args) => run::replay(&args),
         Command::Runs(args) => run::runs(&args),
+        Command::Profile(args) => profile::run(&args),
     };
     match result {
         Ok(code) => code,

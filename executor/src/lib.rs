@@ -7,6 +7,7 @@ pub mod backend;
 pub mod meter;
 pub mod models;
 pub mod openai;
+pub mod profiler;
 pub mod report;
 pub mod runtime;
 pub mod store;

@@ -28,6 +28,13 @@ pub struct ProfileFile {
     pub tools: Vec<Tool>,
 }
 
+impl ProfileFile {
+    /// The file as YAML, in the format [`Profiles::parse`] reads.
+    pub fn to_yaml(&self) -> Result<String, String> {
+        serde_saphyr::to_string(self).map_err(|e| e.to_string())
+    }
+}
+
 /// Figures of one model on one device (a local device or an endpoint).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +211,15 @@ mod tests {
             // A figure only one file has survives merging.
             assert_eq!(h.prefill_tps.as_ref().unwrap().value, 99.0);
         }
+    }
+
+    #[test]
+    fn a_profile_written_as_yaml_reads_back_the_same() {
+        let text = "name: m\nhardware:\n  - { model: a, device: cpu, decode_tps: { value: 30.5, source: measured, meter: clock, n: 3, note: \"median of 3\" }, active_w: { value: 12, source: estimate, meter: estimate } }\n";
+        let original = file("m", text);
+        let again = file("again", &original.to_yaml().unwrap());
+        assert_eq!(again.hardware, original.hardware);
+        assert_eq!(again.name, "m");
     }
 
     #[test]

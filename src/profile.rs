@@ -1,0 +1,212 @@
+//! `joule profile`: measure this machine's local models and write the profile the planner
+//! reads (`--profiles FILE`), measured figures beating published and estimated ones.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use joule_executor::models::{ModelStore, State};
+use joule_executor::profiler::{self, Measured, Settings};
+use joule_planner::profile::{ProfileFile, Profiles};
+use miette::{IntoDiagnostic, miette};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Models to profile (default: every local catalog model that is downloaded).
+    #[arg(long = "models", num_args = 1..)]
+    models: Vec<String>,
+    /// Local devices, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "cpu")]
+    devices: Vec<String>,
+    /// The profile file to write; entries for other (model, device) pairs already in it are
+    /// kept (default `$JOULE_HOME/profiles/<host>.yaml`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Prompt lengths prefill is measured at, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "32,128,512")]
+    lengths: Vec<usize>,
+    /// Tokens generated when measuring decode.
+    #[arg(long, default_value_t = 64)]
+    decode: usize,
+    /// Timed repeats of each measurement, after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Fresh loads timed.
+    #[arg(long, default_value_t = 2)]
+    loads: usize,
+    /// A catalog file instead of the built-in one.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Print what was measured as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .unwrap_or_else(|| "this-machine".into())
+}
+
+/// Writes through a temporary file, so an interrupted write never leaves half a profile.
+fn write(path: &Path, file: &ProfileFile) -> miette::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).into_diagnostic()?;
+    }
+    let text = format!(
+        "# Measured by `joule profile` on {}; each figure says how it was obtained.\n{}",
+        host(),
+        file.to_yaml().map_err(|e| miette!("{e}"))?
+    );
+    let tmp = path.with_extension("yaml.part");
+    std::fs::write(&tmp, text).into_diagnostic()?;
+    std::fs::rename(&tmp, path).into_diagnostic()
+}
+
+pub fn run(args: &Args) -> miette::Result<ExitCode> {
+    let Some(catalog) = crate::diagnostics::catalog(args.catalog.as_deref()) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if args.lengths.is_empty() || args.lengths.contains(&0) || args.repeats == 0 || args.decode == 0
+    {
+        return Err(miette!(
+            "--lengths, --decode and --repeats must be positive"
+        ));
+    }
+    let store = ModelStore::from_env();
+    let out = args.out.clone().unwrap_or_else(|| {
+        store
+            .home()
+            .join("profiles")
+            .join(format!("{}.yaml", host()))
+    });
+    // Keep what an earlier profile of other models or devices measured.
+    let mut file = match Profiles::load(&out) {
+        Ok(f) => f,
+        Err(_) if !out.exists() => ProfileFile {
+            name: format!("measured-{}", host()),
+            ..ProfileFile::default()
+        },
+        Err(errors) => {
+            crate::diagnostics::print(&errors);
+            return Err(miette!(
+                "{} exists but is not a profile; choose another --out",
+                out.display()
+            ));
+        }
+    };
+    let reference = Profiles::reference();
+    let settings = Settings {
+        prompt_lengths: args.lengths.clone(),
+        decode_tokens: args.decode,
+        repeats: args.repeats,
+        loads: args.loads,
+    };
+    for id in &args.models {
+        if catalog.model(id).is_none_or(|m| m.source.is_none()) {
+            return Err(miette!(
+                "`{id}` is not a local model of the catalog; see `joule models list`"
+            ));
+        }
+    }
+    let mut measured: Vec<Measured> = Vec::new();
+    let mut failed = false;
+    for model in catalog.models.iter().filter(|m| m.source.is_some()) {
+        if !args.models.is_empty() && !args.models.contains(&model.id) {
+            continue;
+        }
+        let path = match store.state(model) {
+            Ok(State::Present { path, .. }) => path,
+            _ => {
+                eprintln!(
+                    "{}: not downloaded; `joule models fetch {}` first",
+                    model.id, model.id
+                );
+                failed |= !args.models.is_empty();
+                continue;
+            }
+        };
+        for device in &args.devices {
+            let assumed_w = reference
+                .hardware(&model.id, device)
+                .and_then(|h| h.active_w.as_ref())
+                .map_or(joule_planner::estimate::HOST_W, |f| f.value);
+            let label = format!("{} on {device}", model.id);
+            let result = profiler::profile_local(
+                &model.id,
+                &path,
+                device,
+                assumed_w,
+                &settings,
+                &mut |what| eprintln!("{label}: {what}"),
+            );
+            match result {
+                Ok(m) => {
+                    let entry = m.hardware();
+                    file.hardware
+                        .retain(|h| !(h.model == entry.model && h.device == entry.device));
+                    file.hardware.push(entry);
+                    write(&out, &file)?;
+                    measured.push(m);
+                }
+                Err(e) => {
+                    eprintln!("{label}: {e}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "profile": out, "measured": measured })
+        );
+    } else {
+        println!(
+            "{:<20} {:<7} {:>7} {:>26} {:>8} {:>10} {:>14}",
+            "model", "device", "load s", "prefill tok/s", "ttft s", "decode t/s", "J/token"
+        );
+        for m in &measured {
+            let prefill: Vec<String> = m
+                .prefill_tps
+                .iter()
+                .map(|(len, s)| format!("{len}:{:.1}", s.median))
+                .collect();
+            println!(
+                "{:<20} {:<7} {:>7.2} {:>26} {:>8.3} {:>10.1} {:>14}",
+                m.model,
+                m.device,
+                m.load_s.median,
+                prefill.join(" "),
+                m.ttft_s.median,
+                m.decode_tps.median,
+                format!(
+                    "{:.3} [{}]",
+                    m.energy_per_token_j.median,
+                    method(m.power_method)
+                ),
+            );
+        }
+        println!(
+            "wrote {}; plan with it: joule plan FILE --profiles {}",
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn method(m: joule_executor::meter::Method) -> &'static str {
+    use joule_executor::meter::Method;
+    match m {
+        Method::Nvml => "nvml",
+        Method::Rapl => "rapl",
+        Method::Estimate => "estimate",
+        Method::Clock => "clock",
+    }
+}

@@ -1,0 +1,107 @@
+//! `joule profile` end to end on SmolLM2: it writes a profile of measured figures that the
+//! planner loads, and keeps entries it did not re-measure.
+
+mod common;
+
+use common::{ensure_smol, repo, run_in};
+use joule_planner::figure::{Meter, Source};
+use joule_planner::profile::Profiles;
+
+#[test]
+fn profiling_smollm2_writes_measured_figures_the_planner_uses() {
+    ensure_smol();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("machine.yaml");
+    // An earlier profile of another model: it must survive.
+    std::fs::write(
+        &out,
+        "name: mine\nhardware:\n  - { model: qwen2.5-coder-0.5b, device: cpu, decode_tps: { value: 9, source: measured, meter: clock } }\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_in(
+        dir.path(),
+        &[
+            "profile",
+            "--models",
+            "smollm2-135m",
+            "--lengths",
+            "8,16",
+            "--decode",
+            "8",
+            "--repeats",
+            "1",
+            "--loads",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["measured"][0]["model"], "smollm2-135m");
+    assert!(
+        stderr.contains("prefill 16 tokens"),
+        "progress is shown: {stderr}"
+    );
+
+    let file = Profiles::load(&out).unwrap();
+    assert_eq!(file.name, "mine");
+    let mut profiles = Profiles::default();
+    profiles.merge(file);
+    assert!(
+        profiles.hardware("qwen2.5-coder-0.5b", "cpu").is_some(),
+        "the earlier entry is kept"
+    );
+    let h = profiles.hardware("smollm2-135m", "cpu").unwrap();
+    for f in [&h.prefill_tps, &h.decode_tps, &h.load_s, &h.ttft_s] {
+        let f = f.as_ref().expect("measured");
+        assert_eq!((f.source, f.meter), (Source::Measured, Some(Meter::Clock)));
+        assert!(f.value > 0.0 && f.note.as_ref().unwrap().contains("median of 1"));
+    }
+    // Power is written only when a real meter measured it.
+    if let Some(w) = &h.active_w {
+        assert!(matches!(w.meter, Some(Meter::Rapl | Meter::Nvml)));
+    }
+
+    // The planner reads it, and its decode speed is the measured one.
+    let wf = repo().join("workflows/ticket-triage.yaml");
+    let (code, plan, err) = run_in(
+        dir.path(),
+        &[
+            "plan",
+            wf.to_str().unwrap(),
+            "--model",
+            "smollm2-135m",
+            "--profiles",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{plan}\n{err}");
+    let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert!(
+        plan["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "mine")
+    );
+    let draft = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "draft")
+        .unwrap();
+    let (prefill, decode) = (
+        h.prefill_tps.as_ref().unwrap().value,
+        h.decode_tps.as_ref().unwrap().value,
+    );
+    let expected = draft["tokens_in"].as_f64().unwrap() / prefill
+        + draft["tokens_out"].as_f64().unwrap() / decode;
+    let predicted = draft["end_s"].as_f64().unwrap() - draft["start_s"].as_f64().unwrap();
+    assert!(
+        (predicted - expected).abs() < 1e-6 * expected,
+        "predicted {predicted} s, measured figures give {expected} s"
+    );
+}
