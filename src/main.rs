@@ -1,6 +1,7 @@
 //! The `joule` command line. Each command lives in its own module and only parses arguments,
 //! calls the library crates and prints; no planning or execution logic lives here.
 
+mod devices;
 mod diagnostics;
 mod generate;
 mod graph;
@@ -51,6 +52,8 @@ enum Command {
     Runs(run::RunsArgs),
     /// Measure this machine's local models and write the profile the planner reads.
     Profile(profile::Args),
+    /// What joule detects here: CPU, NVIDIA GPUs, energy counters, endpoints.
+    Devices(devices::Args),
 }
 
 /// A tokio runtime for the commands that do network work.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => run::replay(&args),
         Command::Runs(args) => run::runs(&args),
         Command::Profile(args) => profile::run(&args),
+        Command::Devices(args) => devices::run(&args),
     };
     match result {
         Ok(code) => code,

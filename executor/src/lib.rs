@@ -4,6 +4,7 @@
 //! back into YAML.
 
 pub mod backend;
+pub mod devices;
 pub mod meter;
 pub mod models;
 pub mod openai;

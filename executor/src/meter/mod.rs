@@ -15,7 +15,7 @@ use std::time::Instant;
 pub use estimate::{CpuTime, Estimate};
 pub use joule_planner::figure::Meter as Method;
 pub use nvml::Nvml;
-pub use rapl::Rapl;
+pub use rapl::{POWERCAP, Rapl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeterError {
