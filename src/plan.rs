@@ -52,14 +52,55 @@ pub struct Planning {
     /// Run every llm step on this model, setting its quality floors aside (for a machine that
     /// has one small model, or to compare models).
     #[arg(long)]
+    #[serde(default)]
     pub model: Option<String>,
+    /// Plan with the reference figures and `--profiles` only, not this machine's profiles
+    /// (`$JOULE_PROFILES_DIR`, default `$JOULE_HOME/profiles`: `joule profile` output and the
+    /// calibration that runs keep up to date).
+    #[arg(long)]
+    #[serde(default)]
+    pub no_machine_profiles: bool,
+}
+
+/// Where this machine's profiles live: `joule profile` writes there, runs calibrate there,
+/// and the planner reads every `*.yaml` there by default.
+pub fn profiles_dir() -> PathBuf {
+    std::env::var_os("JOULE_PROFILES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            joule_executor::models::ModelStore::from_env()
+                .home()
+                .join("profiles")
+        })
+}
+
+/// The calibration profile runs update.
+pub const CALIBRATION: &str = "calibration.yaml";
+
+/// This machine's profile files, calibration last (so it wins ties between measurements).
+fn machine_profiles() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(profiles_dir())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort_by_key(|p| (p.file_name().is_some_and(|n| n == CALIBRATION), p.clone()));
+    files
 }
 
 impl Planning {
     /// The merged profiles, or `None` after printing why a file is unusable.
     pub fn profiles(&self) -> Option<Profiles> {
         let mut profiles = Profiles::reference();
-        for path in &self.profiles {
+        let machine = if self.no_machine_profiles {
+            Vec::new()
+        } else {
+            machine_profiles()
+        };
+        for path in machine.iter().chain(&self.profiles) {
             match Profiles::load(path) {
                 Ok(file) => profiles.merge(file),
                 Err(errors) => {

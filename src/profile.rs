@@ -18,7 +18,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "cpu")]
     devices: Vec<String>,
     /// The profile file to write; entries for other (model, device) pairs already in it are
-    /// kept (default `$JOULE_HOME/profiles/<host>.yaml`).
+    /// kept (default `<host>.yaml` in `$JOULE_PROFILES_DIR`, default `$JOULE_HOME/profiles`,
+    /// which the planner reads by default).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Prompt lengths prefill is measured at, comma-separated.
@@ -50,13 +51,13 @@ fn host() -> String {
 }
 
 /// Writes through a temporary file, so an interrupted write never leaves half a profile.
-fn write(path: &Path, file: &ProfileFile) -> miette::Result<()> {
+/// `header` becomes the file's opening comment.
+pub fn write(path: &Path, file: &ProfileFile, header: &str) -> miette::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).into_diagnostic()?;
     }
     let text = format!(
-        "# Measured by `joule profile` on {}; each figure says how it was obtained.\n{}",
-        host(),
+        "# {header}\n{}",
         file.to_yaml().map_err(|e| miette!("{e}"))?
     );
     let tmp = path.with_extension("yaml.part");
@@ -147,7 +148,11 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
                     file.hardware
                         .retain(|h| !(h.model == entry.model && h.device == entry.device));
                     file.hardware.push(entry);
-                    write(&out, &file)?;
+                    let header = format!(
+                        "Measured by `joule profile` on {}; each figure says how it was obtained.",
+                        host()
+                    );
+                    write(&out, &file, &header)?;
                     measured.push(m);
                 }
                 Err(e) => {

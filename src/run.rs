@@ -18,6 +18,7 @@ use joule_executor::store::{NewRun, Store};
 use joule_executor::trace::Trace;
 use joule_planner::catalog::Catalog;
 use joule_planner::plan::{self as planner_plan, Plan};
+use joule_planner::profile::{ProfileFile, Profiles};
 use joule_planner::{Dag, SourceFile};
 use miette::{IntoDiagnostic, miette};
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,9 @@ pub struct Output {
     /// Write report.json and timeline.svg into this directory.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Do not fold this run's measured speeds into the machine's calibration profile.
+    #[arg(long)]
+    no_calibrate: bool,
 }
 
 #[derive(clap::Args)]
@@ -369,10 +373,11 @@ fn execute(
         inputs,
         prior,
     };
+    let profiles_used = Arc::new(profiles);
     let mut executor = Executor::new(
         Arc::new(backend),
         catalog.clone(),
-        Arc::new(profiles),
+        profiles_used.clone(),
         Options::default(),
     );
     if let Some(s) = &store {
@@ -399,6 +404,9 @@ fn execute(
     let outcome = outcome.map_err(|e| miette!("{e}"))?;
     display.finish();
     let report = Report::new(&plan, &outcome);
+    if !out.no_calibrate && !outcome.observations.is_empty() {
+        calibrate(&profiles_used, &outcome.observations);
+    }
     if let Some(s) = &mut store {
         s.set_report(&run_id, &report.to_json())
             .map_err(|e| miette!("{e}"))?;
@@ -439,6 +447,32 @@ fn execute(
         RunStatus::Cancelled => ExitCode::from(130),
         _ => ExitCode::FAILURE,
     })
+}
+
+/// Folds a run's measured speeds into the machine's calibration profile, so the next plan
+/// predicts better. A failure here costs the run nothing: it is reported and skipped.
+fn calibrate(used: &Profiles, observations: &[joule_executor::runtime::Observation]) {
+    let path = crate::plan::profiles_dir().join(crate::plan::CALIBRATION);
+    let mut file = match Profiles::load(&path) {
+        Ok(f) => f,
+        Err(_) if !path.exists() => ProfileFile {
+            name: "calibration".into(),
+            ..ProfileFile::default()
+        },
+        Err(errors) => {
+            crate::diagnostics::print(&errors);
+            eprintln!("not calibrating: {} is not a profile", path.display());
+            return;
+        }
+    };
+    let changed = joule_executor::profiler::calibrate(used, &mut file, observations);
+    let header = "Kept up to date by `joule run`: measured speeds of this machine's model calls, as a bounded moving estimate.";
+    match crate::profile::write(&path, &file, header) {
+        Ok(()) => {
+            tracing::info!(figures = changed, path = %path.display(), "calibrated the machine profile")
+        }
+        Err(e) => eprintln!("not calibrating: {e:?}"),
+    }
 }
 
 /// The backends a plan needs: local inference on the devices it uses, the endpoints it (or a

@@ -6,8 +6,18 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+/// The binary, with this machine's profiles and calibration kept out of the way: every test
+/// process gets its own empty profiles directory, so plans depend only on what a test gives.
 pub fn joule() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_joule"))
+    static PROFILES: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = PROFILES.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("joule-test-profiles-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    });
+    let mut c = Command::new(env!("CARGO_BIN_EXE_joule"));
+    c.env("JOULE_PROFILES_DIR", dir);
+    c
 }
 
 pub fn repo() -> PathBuf {

@@ -498,3 +498,76 @@ fn ctrl_c_stops_the_run_cleanly_and_resume_finishes_it() {
         "the step finished before Ctrl-C is not run again"
     );
 }
+
+/// Two calls on one model, no budgets: the second runs warm, so it calibrates.
+const TWICE: &str = r#"
+name: twice
+steps:
+  first:
+    prompt: "Write two sentences about the sea and the sky, for a child who likes boats."
+    max_tokens: 24
+  second:
+    prompt: "Rewrite this for an adult reader, in two sentences: {{ steps.first.output }}"
+    max_tokens: 24
+outputs:
+  text: "{{ steps.second.output }}"
+"#;
+
+#[test]
+fn runs_calibrate_the_machine_profile_the_next_plan_reads() {
+    ensure_smol();
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    let wf = dir.path().join("twice.yaml");
+    std::fs::write(&wf, TWICE).unwrap();
+    let joule_here = |args: &[&str]| {
+        let out = joule()
+            .args(args)
+            .args(["--model", "smollm2-135m", "--json"])
+            .env("JOULE_PROFILES_DIR", &profiles)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json(&stdout)
+    };
+    let plan = || joule_here(&["plan", wf.to_str().unwrap()]);
+    let before = plan();
+    assert!(
+        !before["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "calibration")
+    );
+    let run = joule_here(&["run", wf.to_str().unwrap(), "--no-store"]);
+    assert_eq!(run["status"], "succeeded");
+    let file = joule_planner::profile::Profiles::load(&profiles.join("calibration.yaml")).unwrap();
+    let h = file
+        .hardware
+        .iter()
+        .find(|h| h.model == "smollm2-135m" && h.device == "cpu")
+        .unwrap();
+    let prefill = h
+        .prefill_tps
+        .as_ref()
+        .expect("the warm call's prefill speed was folded in");
+    assert_eq!(prefill.source, joule_planner::figure::Source::Measured);
+    assert_eq!(prefill.n, Some(1), "the first, cold call taught nothing");
+    assert!(prefill.note.as_ref().unwrap().contains("calibrated"));
+    // The next plan reads it, and predicts the second step with the calibrated speed.
+    let after = plan();
+    assert!(
+        after["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "calibration"),
+        "{after}"
+    );
+    assert_ne!(before["steps"][1]["end_s"], after["steps"][1]["end_s"]);
+}

@@ -11,7 +11,7 @@ use joule_planner::spec::OutputSpec;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
-use super::{Cancel, ConfigRef, Event, Figures, check, energy};
+use super::{Cancel, ConfigRef, Event, Figures, Observation, check, energy};
 use crate::backend::{Answer, Backend, Cache, Call, CallError, OnTokens, Site};
 use crate::meter::Method;
 use std::collections::HashMap;
@@ -52,6 +52,8 @@ pub(super) struct Done {
     pub(super) attempts: u32,
     pub(super) started_s: f64,
     pub(super) ended_s: f64,
+    /// How fast the successful model call ran, for calibrating profiles.
+    pub(super) observation: Option<Observation>,
 }
 
 /// Runs one call site: attempts with backoff on each config in turn.
@@ -173,7 +175,21 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                 figures: f,
             });
             match checked {
-                Ok(v) => return done(&w, Ok(v), config, figures, attempts, started_s, end),
+                Ok(v) => {
+                    let mut d = done(&w, Ok(v), config.clone(), figures, attempts, started_s, end);
+                    if let (Call::Llm(_), false, Some(model)) = (&call, cached, &config.model) {
+                        d.observation = Some(Observation {
+                            model: model.clone(),
+                            device: config.device.clone(),
+                            tokens_in: f.tokens_in,
+                            tokens_out: f.tokens_out,
+                            ttft_s: f.ttft_s,
+                            latency_s: f.latency_s,
+                            load_s: f.load_s,
+                        });
+                    }
+                    return d;
+                }
                 Err(e) => {
                     last_error = e.message.clone();
                     if sh.cancel.is_cancelled() {
@@ -305,6 +321,7 @@ fn done(
         attempts,
         started_s: started_s.unwrap_or(ended_s),
         ended_s,
+        observation: None,
     }
 }
 

@@ -105,6 +105,20 @@ pub struct StepResult {
     pub error: Option<String>,
 }
 
+/// One successful model call as it really ran: what calibrating a profile learns from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Observation {
+    pub model: String,
+    pub device: String,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Time to first token (prefill, excluding any model load).
+    pub ttft_s: Option<f64>,
+    pub latency_s: f64,
+    /// Model load paid inside `latency_s`.
+    pub load_s: f64,
+}
+
 /// The end of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
@@ -116,6 +130,8 @@ pub struct Outcome {
     /// Seconds from start to end.
     pub wall_s: f64,
     pub replans: u32,
+    /// Every successful, uncached model call.
+    pub observations: Vec<Observation>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +269,7 @@ impl Executor {
         let mut failure: Option<String> = None;
         let mut cancelled = false;
         let mut replans = 0u32;
+        let mut observations = Vec::new();
         // Planned end of every step, shifted as re-plans happen.
         let mut planned_end: Vec<f64> = job.plan.steps.iter().map(|s| s.end_s).collect();
         let mut plan_total = job.plan.totals.latency_s;
@@ -424,6 +441,7 @@ impl Executor {
                         }
                     };
                     let i = done.step;
+                    observations.extend(done.observation.clone());
                     let step = &wf.steps[i];
                     let r = &mut book.results[i];
                     r.config = done.config.clone();
@@ -537,6 +555,7 @@ impl Executor {
             steps: book.results,
             wall_s: t0.elapsed().as_secs_f64(),
             replans,
+            observations,
         })
     }
 
