@@ -214,11 +214,11 @@ pub fn resume(args: &ResumeArgs) -> miette::Result<ExitCode> {
         source,
         dag,
         inputs,
+        plan,
     }) = reload(&run)?
     else {
         return Ok(ExitCode::FAILURE);
     };
-    let plan = stored_plan(&run.plan, &dag)?;
     let finished = prior.steps.len();
     eprintln!(
         "resuming run {}: {finished} of {} steps already finished",
@@ -236,13 +236,15 @@ pub fn resume(args: &ResumeArgs) -> miette::Result<ExitCode> {
     )
 }
 
-/// A stored run, ready to run again: its options, catalog, workflow (as it was) and inputs.
+/// A stored run, ready to run again: its options, catalog, workflow (as it was), inputs and
+/// the plan it started with.
 struct Reloaded {
     stored: Stored,
     catalog: Catalog,
     source: SourceFile,
     dag: Dag,
     inputs: serde_json::Map<String, serde_json::Value>,
+    plan: Plan,
 }
 
 /// Rebuilds a stored run; `None` after printing why its workflow no longer compiles.
@@ -263,12 +265,14 @@ fn reload(run: &joule_executor::store::StoredRun) -> miette::Result<Option<Reloa
     let serde_json::Value::Object(inputs) = run.inputs.clone() else {
         return Err(miette!("run {} has unreadable inputs", run.id));
     };
+    let plan = stored_plan(&run.plan, &dag)?;
     Ok(Some(Reloaded {
         stored,
         catalog,
         source,
         dag,
         inputs,
+        plan,
     }))
 }
 
@@ -515,12 +519,12 @@ pub fn replay(args: &ReplayArgs) -> miette::Result<ExitCode> {
         catalog,
         dag,
         inputs,
+        plan,
         ..
     }) = reload(&run)?
     else {
         return Ok(ExitCode::FAILURE);
     };
-    let plan = stored_plan(&run.plan, &dag)?;
     let calls = recorded.len();
     let recorded = Recorded { answers: recorded };
     let configs = recorded.configs();
