@@ -3,6 +3,7 @@
 
 mod devices;
 mod diagnostics;
+mod eval;
 mod generate;
 mod graph;
 mod models;
@@ -52,6 +53,8 @@ enum Command {
     Runs(run::RunsArgs),
     /// Measure this machine's local models and write the profile the planner reads.
     Profile(profile::Args),
+    /// Score models on each kind of task and write the quality into the machine profile.
+    Eval(eval::Args),
     /// What joule detects here: CPU, NVIDIA GPUs, energy counters, endpoints.
     Devices(devices::Args),
 }
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Runs(args) => run::runs(&args),
         Command::Profile(args) => profile::run(&args),
         Command::Devices(args) => devices::run(&args),
+        Command::Eval(args) => eval::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -50,6 +50,39 @@ fn host() -> String {
         .unwrap_or_else(|| "this-machine".into())
 }
 
+/// This machine's measured profile, which `joule profile` and `joule eval` write and the
+/// planner reads by default.
+pub fn machine_profile() -> PathBuf {
+    crate::plan::profiles_dir().join(format!("{}.yaml", host()))
+}
+
+/// The profile at `path`, so that a new measurement keeps what earlier ones of other models,
+/// devices or tasks wrote; a new empty profile when there is none.
+pub fn load_or_new(path: &Path) -> miette::Result<ProfileFile> {
+    match Profiles::load(path) {
+        Ok(f) => Ok(f),
+        Err(_) if !path.exists() => Ok(ProfileFile {
+            name: format!("measured-{}", host()),
+            ..ProfileFile::default()
+        }),
+        Err(errors) => {
+            crate::diagnostics::print(&errors);
+            Err(miette!(
+                "{} exists but is not a profile; choose another --out",
+                path.display()
+            ))
+        }
+    }
+}
+
+/// The opening comment of a file `joule profile` or `joule eval` writes.
+pub fn header() -> String {
+    format!(
+        "Measured on {} by `joule profile` and `joule eval`; each figure says how it was obtained.",
+        host()
+    )
+}
+
 /// Writes through a temporary file, so an interrupted write never leaves half a profile.
 /// `header` becomes the file's opening comment.
 pub fn write(path: &Path, file: &ProfileFile, header: &str) -> miette::Result<()> {
@@ -76,27 +109,8 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
         ));
     }
     let store = ModelStore::from_env();
-    let out = args.out.clone().unwrap_or_else(|| {
-        store
-            .home()
-            .join("profiles")
-            .join(format!("{}.yaml", host()))
-    });
-    // Keep what an earlier profile of other models or devices measured.
-    let mut file = match Profiles::load(&out) {
-        Ok(f) => f,
-        Err(_) if !out.exists() => ProfileFile {
-            name: format!("measured-{}", host()),
-            ..ProfileFile::default()
-        },
-        Err(errors) => {
-            crate::diagnostics::print(&errors);
-            return Err(miette!(
-                "{} exists but is not a profile; choose another --out",
-                out.display()
-            ));
-        }
-    };
+    let out = args.out.clone().unwrap_or_else(machine_profile);
+    let mut file = load_or_new(&out)?;
     let reference = Profiles::reference();
     let settings = Settings {
         prompt_lengths: args.lengths.clone(),
@@ -148,11 +162,7 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
                     file.hardware
                         .retain(|h| !(h.model == entry.model && h.device == entry.device));
                     file.hardware.push(entry);
-                    let header = format!(
-                        "Measured by `joule profile` on {}; each figure says how it was obtained.",
-                        host()
-                    );
-                    write(&out, &file, &header)?;
+                    write(&out, &file, &header())?;
                     measured.push(m);
                 }
                 Err(e) => {

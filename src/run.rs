@@ -291,15 +291,7 @@ fn execute(
     };
     stored.planning.apply(&mut dag, &catalog)?;
     let mut catalog = catalog;
-    for e in &stored.endpoints {
-        let Some((name, url)) = e.split_once('=') else {
-            return Err(miette!("--endpoint `{e}`: expected NAME=URL"));
-        };
-        let Some(endpoint) = catalog.endpoints.iter_mut().find(|x| x.name == name) else {
-            return Err(miette!("--endpoint: the catalog has no endpoint `{name}`"));
-        };
-        endpoint.base_url = url.to_string();
-    }
+    point_endpoints(&mut catalog, &stored.endpoints)?;
     let models = ModelStore::from_env();
     let mut env = stored.planning.environment();
     env.local_models = Some(
@@ -477,6 +469,20 @@ fn calibrate(used: &Profiles, observations: &[joule_executor::runtime::Observati
         }
         Err(e) => eprintln!("not calibrating: {e:?}"),
     }
+}
+
+/// Applies `--endpoint NAME=URL` overrides to the catalog's endpoints.
+pub fn point_endpoints(catalog: &mut Catalog, endpoints: &[String]) -> miette::Result<()> {
+    for e in endpoints {
+        let Some((name, url)) = e.split_once('=') else {
+            return Err(miette!("--endpoint `{e}`: expected NAME=URL"));
+        };
+        let Some(endpoint) = catalog.endpoints.iter_mut().find(|x| x.name == name) else {
+            return Err(miette!("--endpoint: the catalog has no endpoint `{name}`"));
+        };
+        endpoint.base_url = url.to_string();
+    }
+    Ok(())
 }
 
 /// The backends a plan needs: local inference on the devices it uses, the endpoints it (or a

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod devices;
+pub mod eval;
 pub mod meter;
 pub mod models;
 pub mod openai;

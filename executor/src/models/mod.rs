@@ -8,7 +8,7 @@
 //! same model at once.
 
 mod glob;
-mod pypi;
+pub mod pypi;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
