@@ -401,7 +401,7 @@ fn execute(
     display.finish();
     let report = Report::new(&plan, &outcome);
     if !out.no_calibrate && !outcome.observations.is_empty() {
-        calibrate(&profiles_used, &outcome.observations);
+        calibrate(&profiles_used, &plan.workflow, &outcome.observations);
     }
     if let Some(s) = &mut store {
         s.set_report(&run_id, &report.to_json())
@@ -447,7 +447,11 @@ fn execute(
 
 /// Folds a run's measured speeds into the machine's calibration profile, so the next plan
 /// predicts better. A failure here costs the run nothing: it is reported and skipped.
-fn calibrate(used: &Profiles, observations: &[joule_executor::runtime::Observation]) {
+fn calibrate(
+    used: &Profiles,
+    workflow: &str,
+    observations: &[joule_executor::runtime::Observation],
+) {
     let path = crate::plan::profiles_dir().join(crate::plan::CALIBRATION);
     let mut file = match Profiles::load(&path) {
         Ok(f) => f,
@@ -461,8 +465,8 @@ fn calibrate(used: &Profiles, observations: &[joule_executor::runtime::Observati
             return;
         }
     };
-    let changed = joule_executor::profiler::calibrate(used, &mut file, observations);
-    let header = "Kept up to date by `joule run`: measured speeds of this machine's model calls, as a bounded moving estimate.";
+    let changed = joule_executor::profiler::calibrate(used, &mut file, workflow, observations);
+    let header = "Kept up to date by `joule run`: measured speeds of this machine's model calls and the token counts of workflow steps, as bounded moving estimates.";
     match crate::profile::write(&path, &file, header) {
         Ok(()) => {
             tracing::info!(figures = changed, path = %path.display(), "calibrated the machine profile")

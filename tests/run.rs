@@ -570,4 +570,28 @@ fn runs_calibrate_the_machine_profile_the_next_plan_reads() {
         "{after}"
     );
     assert_ne!(before["steps"][1]["end_s"], after["steps"][1]["end_s"]);
+
+    // It also learned how many tokens each step really takes, and the plan uses those counts
+    // instead of its guess from the prompt's text and `max_tokens`.
+    for (i, step) in ["first", "second"].iter().enumerate() {
+        let learned = file
+            .steps
+            .iter()
+            .find(|t| t.workflow == "twice" && t.step == *step && t.model == "smollm2-135m")
+            .unwrap_or_else(|| panic!("{step} was learned: {:?}", file.steps));
+        let ran = &run["steps"][i];
+        assert_eq!(ran["id"], *step);
+        assert_eq!(learned.n, 1);
+        assert_eq!(learned.tokens_in, ran["tokens_in"].as_f64().unwrap());
+        assert_eq!(learned.tokens_out, ran["tokens_out"].as_f64().unwrap());
+        let planned = &after["steps"][i];
+        assert_eq!(planned["tokens_learned_from_calls"], 1, "{planned}");
+        assert_eq!(planned["tokens_in"], ran["tokens_in"].as_f64().unwrap());
+        assert_eq!(planned["tokens_out"], ran["tokens_out"].as_f64().unwrap());
+        assert!(
+            before["steps"][i]
+                .get("tokens_learned_from_calls")
+                .is_none()
+        );
+    }
 }

@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use joule_planner::figure::{Figure, Meter as FigureMeter, Source};
-use joule_planner::profile::{Hardware, ProfileFile, Profiles};
+use joule_planner::profile::{Hardware, ProfileFile, Profiles, StepTokens};
 
 use crate::backend::local::{Flow, LoadedModel, LocalError, Prompt, Request};
 use crate::meter::{self, Method};
@@ -318,9 +318,10 @@ const CALIBRATION_BOUND: f64 = 2.0;
 pub fn calibrate(
     current: &Profiles,
     file: &mut ProfileFile,
+    workflow: &str,
     observations: &[crate::runtime::Observation],
 ) -> usize {
-    let mut changed = 0;
+    let mut changed = learn_lengths(file, workflow, observations);
     // The first call after a load runs cold (allocations, page faults), and a handful of
     // tokens time the call's overheads more than the model's speed: neither says how fast
     // the next call will be.
@@ -392,6 +393,43 @@ pub fn calibrate(
     changed
 }
 
+/// Learns each step's token counts per call (cold calls count too: a load does not change
+/// what was asked or answered), as the same moving estimate as the speeds: a running mean
+/// while observations are few, then a weight of [`CALIBRATION_WEIGHT`]. Lengths are not
+/// clamped; an answer is bounded by `max_tokens` anyway.
+fn learn_lengths(
+    file: &mut ProfileFile,
+    workflow: &str,
+    observations: &[crate::runtime::Observation],
+) -> usize {
+    for o in observations {
+        let i = match file
+            .steps
+            .iter()
+            .position(|t| t.workflow == workflow && t.step == o.step && t.model == o.model)
+        {
+            Some(i) => i,
+            None => {
+                file.steps.push(StepTokens {
+                    workflow: workflow.to_string(),
+                    step: o.step.clone(),
+                    model: o.model.clone(),
+                    tokens_in: 0.0,
+                    tokens_out: 0.0,
+                    n: 0,
+                });
+                file.steps.len() - 1
+            }
+        };
+        let t = &mut file.steps[i];
+        let weight = (1.0 / f64::from(t.n + 1)).max(CALIBRATION_WEIGHT);
+        t.tokens_in = round(t.tokens_in + weight * (o.tokens_in as f64 - t.tokens_in));
+        t.tokens_out = round(t.tokens_out + weight * (o.tokens_out as f64 - t.tokens_out));
+        t.n += 1;
+    }
+    observations.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,6 +443,7 @@ mod tests {
         current
             .merge(Profiles::parse(&joule_planner::SourceFile::new("wrong.yaml", text)).unwrap());
         let seen = Observation {
+            step: "s".into(),
             model: "m".into(),
             device: "cpu".into(),
             tokens_in: 200,
@@ -423,7 +462,8 @@ mod tests {
                 tokens_in,
                 ..seen.clone()
             };
-            assert_eq!(calibrate(&current, file, &[o]), 2);
+            // Prefill, decode, and the step's token counts.
+            assert_eq!(calibrate(&current, file, "w", &[o]), 3);
         };
         // The first observation replaces the published guess: 200 tokens in 2 s.
         observe(&mut file, 200);
@@ -453,7 +493,43 @@ mod tests {
             tokens_out: 3,
             ..seen.clone()
         };
-        assert_eq!(calibrate(&current, &mut file, &[cold, short]), 0);
+        let before = (prefill(&file), file.hardware[0].decode_tps.clone());
+        assert_eq!(calibrate(&current, &mut file, "w", &[cold, short]), 2);
+        assert_eq!(
+            (prefill(&file), file.hardware[0].decode_tps.clone()),
+            before
+        );
+    }
+
+    #[test]
+    fn calibration_learns_how_long_each_steps_answers_are() {
+        let mut file = ProfileFile::default();
+        let call = |tokens_out| Observation {
+            step: "draft".into(),
+            model: "m".into(),
+            device: "cpu".into(),
+            tokens_in: 100,
+            tokens_out,
+            ttft_s: None,
+            latency_s: 1.0,
+            load_s: 0.0,
+        };
+        calibrate(&Profiles::default(), &mut file, "w", &[call(40), call(60)]);
+        let t = &file.steps[0];
+        assert_eq!(
+            (t.workflow.as_str(), t.step.as_str(), t.model.as_str()),
+            ("w", "draft", "m")
+        );
+        assert_eq!((t.tokens_in, t.tokens_out, t.n), (100.0, 50.0, 2));
+        // Another workflow's step of the same name is its own entry.
+        calibrate(&Profiles::default(), &mut file, "other", &[call(10)]);
+        assert_eq!(file.steps.len(), 2);
+        // The planner reads it: answers of 50 tokens, not `max_tokens`.
+        let mut p = Profiles::default();
+        p.merge(file);
+        assert_eq!(p.step_tokens("w", "draft", "m").unwrap().tokens_out, 50.0);
+        assert_eq!(p.step_tokens("w", "draft", "another-model").unwrap().n, 2);
+        assert!(p.step_tokens("w", "classify", "m").is_none());
     }
 
     #[test]

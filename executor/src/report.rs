@@ -29,12 +29,16 @@ pub struct StepReport {
     pub cost_usd: f64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Seconds of `latency_s` spent loading the step's model: the plan counts loads apart
+    /// from steps (`loads`), so a step's prediction is compared with `latency_s - load_s`.
+    pub load_s: f64,
     pub started_s: Option<f64>,
     pub ended_s: Option<f64>,
     pub resumed: bool,
     pub predicted_latency_s: f64,
     pub predicted_energy_j: f64,
     pub predicted_cost_usd: f64,
+    pub predicted_tokens_out: f64,
     pub predicted_start_s: f64,
     pub predicted_end_s: f64,
     /// Whether it ran on the planned config (fallback and re-planning change it).
@@ -90,12 +94,14 @@ impl Report {
                 cost_usd: r.figures.cost_usd,
                 tokens_in: r.figures.tokens_in,
                 tokens_out: r.figures.tokens_out,
+                load_s: r.figures.load_s,
                 started_s: r.started_s,
                 ended_s: r.ended_s,
                 resumed: r.resumed,
                 predicted_latency_s: p.latency_s,
                 predicted_energy_j: p.energy_j,
                 predicted_cost_usd: p.cost_usd,
+                predicted_tokens_out: p.tokens_out,
                 predicted_start_s: p.start_s,
                 predicted_end_s: p.end_s,
                 as_planned: r.kind != "llm"

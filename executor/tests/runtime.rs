@@ -555,6 +555,7 @@ fn config(model: Option<&str>, device: &str, latency_s: f64, energy_j: f64) -> C
         calls: 1,
         tokens_in: 10.0,
         tokens_out: 4.0,
+        tokens_learned: 0,
         source: Source::Estimate,
     }
 }

@@ -75,8 +75,16 @@ pub struct Config {
     pub calls: u32,
     pub tokens_in: f64,
     pub tokens_out: f64,
+    /// Calls of this step the token counts were learned from; 0 when they are the template's
+    /// estimate and `max_tokens`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tokens_learned: u32,
     /// The weakest source among the figures the prediction rests on.
     pub source: Source,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -165,8 +173,8 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                     } else {
                         1
                     };
-                    let tokens_in = input_tokens(dag, i, &out_tokens);
-                    let tokens_out = f64::from(llm.max_tokens);
+                    let estimated_in = input_tokens(dag, i, &out_tokens);
+                    let max_out = f64::from(llm.max_tokens);
                     let mut configs = Vec::new();
                     for (r, res) in resources.iter().enumerate() {
                         for model in &catalog.models {
@@ -206,6 +214,11 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                             let Some(hw) = profiles.hardware(&model.id, &res.name) else {
                                 continue;
                             };
+                            let learned = profiles.step_tokens(&wf.name, &step.id, &model.id);
+                            let (tokens_in, tokens_out) = learned.map_or(
+                                (estimated_in, max_out),
+                                |t| (t.tokens_in, t.tokens_out.min(max_out)),
+                            );
                             let (Some(prefill), Some(decode)) = (&hw.prefill_tps, &hw.decode_tps)
                             else {
                                 excluded.push(why_not(
@@ -317,6 +330,7 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                                 calls,
                                 tokens_in: tokens_in * f64::from(calls),
                                 tokens_out: tokens_out * f64::from(calls),
+                                tokens_learned: learned.map_or(0, |t| t.n),
                                 source,
                             });
                         }
@@ -387,6 +401,7 @@ fn host_config(calls: u32, per_call_s: f64, source: Source, electricity: f64) ->
         calls: calls.max(1),
         tokens_in: 0.0,
         tokens_out: 0.0,
+        tokens_learned: 0,
         source,
     }
 }

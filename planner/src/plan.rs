@@ -46,6 +46,8 @@ pub struct PlannedStep {
     pub calls: u32,
     pub tokens_in: f64,
     pub tokens_out: f64,
+    /// Calls the token counts were learned from (0: the template's estimate, `max_tokens`).
+    pub tokens_learned: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -190,6 +192,7 @@ pub fn assemble(
                 calls: c.calls,
                 tokens_in: c.tokens_in,
                 tokens_out: c.tokens_out,
+                tokens_learned: c.tokens_learned,
             }
         })
         .collect();
@@ -275,6 +278,7 @@ pub fn empty(wf: &crate::spec::Workflow) -> Plan {
                 calls: 1,
                 tokens_in: 0.0,
                 tokens_out: 0.0,
+                tokens_learned: 0,
             })
             .collect(),
         loads: Vec::new(),
@@ -485,7 +489,7 @@ impl Plan {
             "objective": self.objective,
             "method": self.method,
             "feasible": self.feasible,
-            "steps": self.steps.iter().map(|s| serde_json::json!({
+            "steps": self.steps.iter().map(|s| { let mut v = serde_json::json!({
                 "id": s.id,
                 "kind": s.kind,
                 "model": s.model,
@@ -500,7 +504,12 @@ impl Plan {
                 "calls": s.calls,
                 "tokens_in": s.tokens_in,
                 "tokens_out": s.tokens_out,
-            })).collect::<Vec<_>>(),
+            });
+            // Only when runs taught it, so plans of unseen workflows read as before.
+            if s.tokens_learned > 0 {
+                v["tokens_learned_from_calls"] = s.tokens_learned.into();
+            }
+            v }).collect::<Vec<_>>(),
             "loads": self.loads,
             "totals": self.totals,
             "budget": self.budget,

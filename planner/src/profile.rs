@@ -26,6 +26,9 @@ pub struct ProfileFile {
     pub quality: Vec<Quality>,
     #[serde(default)]
     pub tools: Vec<Tool>,
+    /// Token counts of workflow steps, learned from runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepTokens>,
 }
 
 impl ProfileFile {
@@ -86,6 +89,25 @@ pub struct Quality {
     pub note: Option<String>,
 }
 
+/// How many tokens one call of a workflow step really takes on one model, learned from runs.
+/// Without it the cost model reads the prompt's text (about 4 characters a token) and takes
+/// `max_tokens` as the answer's length: a bound, not a forecast, and most answers are much
+/// shorter. Keyed by the workflow's name and the step's id, so an edited prompt is relearned
+/// as the moving estimate follows the new counts.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepTokens {
+    pub workflow: String,
+    pub step: String,
+    pub model: String,
+    /// Prompt tokens per call.
+    pub tokens_in: f64,
+    /// Generated tokens per call.
+    pub tokens_out: f64,
+    /// Calls observed.
+    pub n: u32,
+}
+
 /// Constant figures of a tool step.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +127,7 @@ pub struct Profiles {
     hardware: BTreeMap<(String, String), Hardware>,
     quality: BTreeMap<(String, Task), Quality>,
     tools: BTreeMap<String, Tool>,
+    steps: BTreeMap<(String, String, String), StepTokens>,
 }
 
 /// Keeps `new` over `old` when its source is at least as strong (later files win ties).
@@ -160,6 +183,11 @@ impl Profiles {
                 self.quality.insert(key, q);
             }
         }
+        // All learned from runs: a later file (the calibration profile) wins.
+        for t in file.steps {
+            self.steps
+                .insert((t.workflow.clone(), t.step.clone(), t.model.clone()), t);
+        }
         for t in file.tools {
             if self.tools.get(&t.name).is_none_or(|o| t.source >= o.source) {
                 self.tools.insert(t.name.clone(), t);
@@ -177,6 +205,20 @@ impl Profiles {
 
     pub fn quality(&self, model: &str, task: Task) -> Option<&Quality> {
         self.quality.get(&(model.to_string(), task))
+    }
+
+    /// Learned token counts of a step on `model`; failing that, the best-observed counts of
+    /// the same step on another model (prompts differ little between tokenizers, and an
+    /// answer's length depends more on the prompt than on the model).
+    pub fn step_tokens(&self, workflow: &str, step: &str, model: &str) -> Option<&StepTokens> {
+        let key = (workflow.to_string(), step.to_string(), model.to_string());
+        self.steps.get(&key).or_else(|| {
+            self.steps
+                .range((workflow.to_string(), step.to_string(), String::new())..)
+                .take_while(|((w, s, _), _)| w == workflow && s == step)
+                .map(|(_, t)| t)
+                .max_by_key(|t| t.n)
+        })
     }
 
     pub fn tool(&self, name: &str) -> Option<&Tool> {

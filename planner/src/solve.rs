@@ -1178,6 +1178,7 @@ mod tests {
             calls: 1,
             tokens_in: 0.0,
             tokens_out: 0.0,
+            tokens_learned: 0,
             source: Source::Estimate,
         }
     }

@@ -153,6 +153,7 @@ pub fn problem(
                     calls: 1,
                     tokens_in: tokens,
                     tokens_out: tokens,
+                    tokens_learned: 0,
                     source: Source::Estimate,
                 });
             }

@@ -76,6 +76,7 @@ fn problem(raw: &Raw) -> Problem {
                     calls: 1,
                     tokens_in: 10.0,
                     tokens_out: 10.0,
+                    tokens_learned: 0,
                     source: Source::Estimate,
                 })
                 .collect(),

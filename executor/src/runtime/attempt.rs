@@ -179,6 +179,7 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                     let mut d = done(&w, Ok(v), config.clone(), figures, attempts, started_s, end);
                     if let (Call::Llm(_), false, Some(model)) = (&call, cached, &config.model) {
                         d.observation = Some(Observation {
+                            step: w.site.step.clone(),
                             model: model.clone(),
                             device: config.device.clone(),
                             tokens_in: f.tokens_in,

@@ -108,6 +108,8 @@ pub struct StepResult {
 /// One successful model call as it really ran: what calibrating a profile learns from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Observation {
+    /// The step the call belongs to.
+    pub step: String,
     pub model: String,
     pub device: String,
     pub tokens_in: u64,
