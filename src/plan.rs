@@ -54,9 +54,11 @@ pub struct Planning {
     #[arg(long)]
     #[serde(default)]
     pub model: Option<String>,
-    /// Plan with the reference figures and `--profiles` only, not this machine's profiles
-    /// (`$JOULE_PROFILES_DIR`, default `$JOULE_HOME/profiles`: `joule profile` output and the
-    /// calibration that runs keep up to date).
+    /// Plan with the reference figures and `--profiles` only, not this machine's profiles:
+    /// the shipped profile of this machine kind (e.g. profiles/cpu-2core.yaml on a 2-thread
+    /// AMD EPYC; `JOULE_SHIPPED_PROFILES=0` leaves those out alone) and the files in
+    /// `$JOULE_PROFILES_DIR`, default `$JOULE_HOME/profiles` (`joule profile` and `joule eval`
+    /// output, and the calibration that runs keep up to date).
     #[arg(long)]
     #[serde(default)]
     pub no_machine_profiles: bool,
@@ -95,6 +97,17 @@ impl Planning {
     /// The merged profiles, or `None` after printing why a file is unusable.
     pub fn profiles(&self) -> Option<Profiles> {
         let mut profiles = Profiles::reference();
+        let shipped = !self.no_machine_profiles
+            && !matches!(
+                std::env::var("JOULE_SHIPPED_PROFILES").as_deref(),
+                Ok("0" | "off")
+            );
+        if shipped {
+            let cpu = joule_executor::devices::cpu();
+            for file in Profiles::shipped_for(&cpu.model, cpu.threads) {
+                profiles.merge(file);
+            }
+        }
         let machine = if self.no_machine_profiles {
             Vec::new()
         } else {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use joule_executor::backend::openai::{OpenAiBackend, RetryPolicy};
 use joule_executor::models::{ModelStore, State};
 use joule_executor::profiler::{self, Measured, Settings};
 use joule_planner::profile::{ProfileFile, Profiles};
@@ -14,9 +15,13 @@ pub struct Args {
     /// Models to profile (default: every local catalog model that is downloaded).
     #[arg(long = "models", num_args = 1..)]
     models: Vec<String>,
-    /// Local devices, comma-separated.
+    /// Local devices and catalog endpoints, comma-separated (an endpoint's models are
+    /// measured through its HTTP API: overhead, prefill and decode speed, no power).
     #[arg(long, value_delimiter = ',', default_value = "cpu")]
     devices: Vec<String>,
+    /// Point a catalog endpoint at another URL, `NAME=URL`.
+    #[arg(long = "endpoint", value_name = "NAME=URL")]
+    endpoint: Vec<String>,
     /// The profile file to write; entries for other (model, device) pairs already in it are
     /// kept (default `<host>.yaml` in `$JOULE_PROFILES_DIR`, default `$JOULE_HOME/profiles`,
     /// which the planner reads by default).
@@ -99,9 +104,10 @@ pub fn write(path: &Path, file: &ProfileFile, header: &str) -> miette::Result<()
 }
 
 pub fn run(args: &Args) -> miette::Result<ExitCode> {
-    let Some(catalog) = crate::diagnostics::catalog(args.catalog.as_deref()) else {
+    let Some(mut catalog) = crate::diagnostics::catalog(args.catalog.as_deref()) else {
         return Ok(ExitCode::FAILURE);
     };
+    crate::run::point_endpoints(&mut catalog, &args.endpoint)?;
     if args.lengths.is_empty() || args.lengths.contains(&0) || args.repeats == 0 || args.decode == 0
     {
         return Err(miette!(
@@ -119,30 +125,72 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
         loads: args.loads,
     };
     for id in &args.models {
-        if catalog.model(id).is_none_or(|m| m.source.is_none()) {
+        if catalog.model(id).is_none() {
             return Err(miette!(
-                "`{id}` is not a local model of the catalog; see `joule models list`"
+                "`{id}` is not a catalog model; see `joule models list`"
             ));
         }
     }
+    let wanted = |id: &str| args.models.is_empty() || args.models.iter().any(|m| m == id);
     let mut measured: Vec<Measured> = Vec::new();
     let mut failed = false;
-    for model in catalog.models.iter().filter(|m| m.source.is_some()) {
-        if !args.models.is_empty() && !args.models.contains(&model.id) {
+    let mut keep = |m: Measured, file: &mut ProfileFile| -> miette::Result<()> {
+        let entry = m.hardware();
+        file.hardware
+            .retain(|h| !(h.model == entry.model && h.device == entry.device));
+        file.hardware.push(entry);
+        // Written after every (model, device), so an interruption keeps what was measured.
+        write(&out, file, &header())?;
+        measured.push(m);
+        Ok(())
+    };
+    for device in &args.devices {
+        if let Some(endpoint) = catalog.endpoint(device) {
+            let client = OpenAiBackend::new(
+                &endpoint.base_url,
+                Some(&endpoint.api_key_env),
+                RetryPolicy::default(),
+            )
+            .map_err(|e| miette!("endpoint `{device}`: {e}"))?;
+            let models: Vec<&String> = endpoint.models.iter().filter(|m| wanted(m)).collect();
+            if models.is_empty() {
+                eprintln!("{device}: serves none of the models asked for");
+                failed = true;
+            }
+            for model in models {
+                let label = format!("{model} on {device}");
+                let result = crate::runtime()?.block_on(profiler::profile_endpoint(
+                    &client,
+                    device,
+                    model,
+                    &settings,
+                    &mut |what| eprintln!("{label}: {what}"),
+                ));
+                match result {
+                    Ok(m) => keep(m, &mut file)?,
+                    Err(e) => {
+                        eprintln!("{label}: {e}");
+                        failed = true;
+                    }
+                }
+            }
             continue;
         }
-        let path = match store.state(model) {
-            Ok(State::Present { path, .. }) => path,
-            _ => {
-                eprintln!(
-                    "{}: not downloaded; `joule models fetch {}` first",
-                    model.id, model.id
-                );
-                failed |= !args.models.is_empty();
+        for model in catalog.models.iter().filter(|m| m.source.is_some()) {
+            if !wanted(&model.id) {
                 continue;
             }
-        };
-        for device in &args.devices {
+            let path = match store.state(model) {
+                Ok(State::Present { path, .. }) => path,
+                _ => {
+                    eprintln!(
+                        "{}: not downloaded; `joule models fetch {}` first",
+                        model.id, model.id
+                    );
+                    failed |= !args.models.is_empty();
+                    continue;
+                }
+            };
             let assumed_w = reference
                 .hardware(&model.id, device)
                 .and_then(|h| h.active_w.as_ref())
@@ -157,14 +205,7 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
                 &mut |what| eprintln!("{label}: {what}"),
             );
             match result {
-                Ok(m) => {
-                    let entry = m.hardware();
-                    file.hardware
-                        .retain(|h| !(h.model == entry.model && h.device == entry.device));
-                    file.hardware.push(entry);
-                    write(&out, &file, &header())?;
-                    measured.push(m);
-                }
+                Ok(m) => keep(m, &mut file)?,
                 Err(e) => {
                     eprintln!("{label}: {e}");
                     failed = true;
@@ -179,28 +220,44 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
         );
     } else {
         println!(
-            "{:<20} {:<7} {:>7} {:>26} {:>8} {:>10} {:>14}",
-            "model", "device", "load s", "prefill tok/s", "ttft s", "decode t/s", "J/token"
+            "{:<20} {:<10} {:>7} {:>26} {:>9} {:>8} {:>10} {:>16}",
+            "model",
+            "device",
+            "load s",
+            "prefill tok/s",
+            "overhead",
+            "ttft s",
+            "decode t/s",
+            "J/token"
         );
+        // Figures a device kind does not have (an endpoint's load, a CPU's overhead) are `-`.
+        let num = |v: f64, digits: usize| {
+            if v.is_finite() {
+                format!("{v:.digits$}")
+            } else {
+                "-".to_string()
+            }
+        };
         for m in &measured {
             let prefill: Vec<String> = m
                 .prefill_tps
                 .iter()
                 .map(|(len, s)| format!("{len}:{:.1}", s.median))
                 .collect();
+            let energy = match m.energy_per_token_j.median {
+                j if j.is_finite() => format!("{j:.3} [{}]", method(m.power_method)),
+                _ => "- (not measurable)".to_string(),
+            };
             println!(
-                "{:<20} {:<7} {:>7.2} {:>26} {:>8.3} {:>10.1} {:>14}",
+                "{:<20} {:<10} {:>7} {:>26} {:>9} {:>8} {:>10} {:>16}",
                 m.model,
                 m.device,
-                m.load_s.median,
+                num(m.load_s.median, 2),
                 prefill.join(" "),
-                m.ttft_s.median,
-                m.decode_tps.median,
-                format!(
-                    "{:.3} [{}]",
-                    m.energy_per_token_j.median,
-                    method(m.power_method)
-                ),
+                num(m.overhead_s.unwrap_or(f64::NAN), 3),
+                num(m.ttft_s.median, 3),
+                num(m.decode_tps.median, 1),
+                energy,
             );
         }
         println!(

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 /// The binary, with this machine's profiles and calibration kept out of the way: every test
-/// process gets its own empty profiles directory, so plans depend only on what a test gives.
+/// process gets its own empty profiles directory and no shipped machine profile, so plans
+/// depend only on what a test gives.
 pub fn joule() -> Command {
     static PROFILES: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let dir = PROFILES.get_or_init(|| {
@@ -17,6 +18,8 @@ pub fn joule() -> Command {
     });
     let mut c = Command::new(env!("CARGO_BIN_EXE_joule"));
     c.env("JOULE_PROFILES_DIR", dir);
+    // The shipped profile of this machine kind would make plans depend on the machine.
+    c.env("JOULE_SHIPPED_PROFILES", "0");
     c
 }
 

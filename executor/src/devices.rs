@@ -118,6 +118,15 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Detects everything, probing the catalog's endpoints concurrently.
+/// This machine's CPU: what shipped machine profiles are matched against.
+pub fn cpu() -> Cpu {
+    Cpu {
+        model: cpu_model(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        rapl: crate::meter::Rapl::open(crate::meter::POWERCAP).is_ok(),
+    }
+}
+
 pub async fn detect(catalog: &Catalog, timeout: Duration) -> Devices {
     let (gpus, gpu_note) = gpus();
     let mut probes = tokio::task::JoinSet::new();
@@ -131,11 +140,7 @@ pub async fn detect(catalog: &Catalog, timeout: Duration) -> Devices {
     }
     endpoints.sort_by_key(|(i, _)| *i);
     Devices {
-        cpu: Cpu {
-            model: cpu_model(),
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            rapl: crate::meter::Rapl::open(crate::meter::POWERCAP).is_ok(),
-        },
+        cpu: cpu(),
         gpus,
         gpu_note,
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),

@@ -92,6 +92,9 @@ pub struct Measured {
     /// Device power while generating: energy over time of the decode runs.
     pub active_w: Stats,
     pub power_method: Method,
+    /// Fixed seconds of each call (network, queueing): an endpoint's, from a fit of time to
+    /// first token against prompt length; none for a local device.
+    pub overhead_s: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +226,137 @@ pub fn profile_local(
         energy_per_token_j: Stats::of(&per_token),
         active_w: Stats::of(&watts),
         power_method,
+        overhead_s: None,
+    })
+}
+
+/// Ordinary English of about `n` tokens (an endpoint's tokenizer is unknown; its usage
+/// report gives the real count).
+fn text_of(n: usize) -> String {
+    let words = "the quick brown fox jumps over the lazy dog while a small bird sings ";
+    words
+        .split(' ')
+        .cycle()
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Least squares of y = a + b·x.
+fn fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    (sxx > 0.0).then(|| {
+        let b = sxy / sxx;
+        (my - b * mx, b)
+    })
+}
+
+/// Measures one model behind an OpenAI-compatible endpoint, through the same HTTP client runs
+/// use. Time to first token is measured at each prompt length; a straight-line fit gives the
+/// fixed overhead of a call (intercept) and the prefill speed (inverse slope), and when the
+/// slope is lost in the network's noise only the overhead is written. Decode speed is the
+/// tokens after the first over the time after the first. Power cannot be measured from
+/// outside, so none is written: the profile keeps the labelled estimate or published figure.
+pub async fn profile_endpoint(
+    endpoint: &crate::backend::openai::OpenAiBackend,
+    name: &str,
+    model: &str,
+    settings: &Settings,
+    say: &mut (dyn FnMut(&str) + Send),
+) -> Result<Measured, ProfileError> {
+    use crate::openai::ChatRequest;
+    let ask = async |text: String, max_tokens: usize| {
+        let mut request = ChatRequest::user(model, &text, max_tokens as u64, true);
+        request.temperature = Some(0.0);
+        request.stream_options = Some(crate::openai::StreamOptions {
+            include_usage: true,
+        });
+        endpoint
+            .chat(&request, &mut |_| {})
+            .await
+            .map_err(|e| ProfileError::Setup(format!("{name}: {e}")))
+    };
+    say("warming up");
+    ask(text_of(16), 4).await?;
+    let mut points = Vec::new();
+    let mut ttft_mid = Stats::of(&[]);
+    let middle = settings
+        .prompt_lengths
+        .get(settings.prompt_lengths.len() / 2)
+        .copied();
+    for &len in &settings.prompt_lengths {
+        say(&format!("time to first token, about {len} prompt tokens"));
+        let mut ttft = Vec::new();
+        let mut tokens = len as f64;
+        for _ in 0..settings.repeats.max(1) {
+            let c = ask(text_of(len), 1).await?;
+            ttft.push(c.ttft_s);
+            if let Some(u) = &c.usage {
+                tokens = u.prompt_tokens as f64;
+            }
+        }
+        let s = Stats::of(&ttft);
+        if Some(len) == middle {
+            ttft_mid = s;
+        }
+        points.push((tokens, s.median));
+    }
+    let line = fit(&points);
+    let overhead = line.map_or_else(
+        || points.first().map_or(f64::NAN, |p| p.1),
+        |(a, _)| a.max(0.0),
+    );
+    let prefill_tps: Vec<(usize, Stats)> = match line {
+        Some((_, slope)) if slope > 1e-6 => {
+            let tps = 1.0 / slope;
+            vec![(
+                middle.unwrap_or(0),
+                Stats {
+                    median: tps,
+                    min: tps,
+                    max: tps,
+                    n: points.len(),
+                },
+            )]
+        }
+        _ => Vec::new(),
+    };
+
+    say(&format!("decode {} tokens", settings.decode_tokens));
+    let mut decode = Vec::new();
+    for _ in 0..settings.repeats.max(1) {
+        let c = ask(
+            "Count from 1 to 500, numbers separated by spaces, nothing else.".into(),
+            settings.decode_tokens,
+        )
+        .await?;
+        let out = c.usage.as_ref().map_or(0, |u| u.completion_tokens);
+        let after_first = c.wall_s - c.ttft_s;
+        if out >= 2 && after_first > 0.0 {
+            decode.push((out - 1) as f64 / after_first);
+        }
+    }
+    Ok(Measured {
+        model: model.to_string(),
+        device: name.to_string(),
+        load_s: Stats::of(&[]),
+        memory_gb: f64::NAN,
+        prefill_tps,
+        ttft_s: ttft_mid,
+        decode_tps: Stats::of(&decode),
+        energy_per_token_j: Stats::of(&[]),
+        active_w: Stats::of(&[]),
+        power_method: Method::Estimate,
+        overhead_s: Some(overhead).filter(|o| o.is_finite()),
     })
 }
 
@@ -291,7 +425,15 @@ impl Measured {
                         self.active_w.spread()
                     )),
                 }),
-            overhead_s: None,
+            overhead_s: self.overhead_s.map(|o| Figure {
+                value: round(o.max(1e-4)),
+                source: Source::Measured,
+                meter: Some(FigureMeter::Clock),
+                n: Some(self.ttft_s.n as u32),
+                note: Some(
+                    "joule profile: intercept of time to first token against prompt length".into(),
+                ),
+            }),
             idle_w: None,
         }
     }

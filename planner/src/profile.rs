@@ -15,11 +15,21 @@ use crate::spec::Task;
 /// The reference profile shipped with joule.
 pub const REFERENCE: &str = include_str!("../../profiles/reference.yaml");
 
+/// Measured profiles of machine kinds, shipped with joule and applied by default on a
+/// machine that matches their `machine:` (see [`Machine::matches`]).
+pub const SHIPPED: [(&str, &str); 1] = [(
+    "profiles/cpu-2core.yaml",
+    include_str!("../../profiles/cpu-2core.yaml"),
+)];
+
 /// One profile file as written.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileFile {
     pub name: String,
+    /// The machine the figures were measured on, for a profile meant to travel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
     #[serde(default)]
     pub hardware: Vec<Hardware>,
     #[serde(default)]
@@ -35,6 +45,31 @@ impl ProfileFile {
     /// The file as YAML, in the format [`Profiles::parse`] reads.
     pub fn to_yaml(&self) -> Result<String, String> {
         serde_saphyr::to_string(self).map_err(|e| e.to_string())
+    }
+}
+
+/// What identifies a machine kind: figures measured on one CPU model with a given number of
+/// threads hold, to within run-to-run noise, on another machine of the same kind.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// The CPU's model name, as `/proc/cpuinfo` gives it.
+    pub cpu: String,
+    /// Threads joule may use there.
+    pub threads: usize,
+}
+
+impl Machine {
+    /// Same CPU model (ignoring case and spacing) and the same number of threads: fewer or
+    /// more threads change every CPU speed.
+    pub fn matches(&self, cpu: &str, threads: usize) -> bool {
+        let norm = |s: &str| {
+            s.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase()
+        };
+        norm(&self.cpu) == norm(cpu) && self.threads == threads
     }
 }
 
@@ -148,6 +183,18 @@ impl Profiles {
         p
     }
 
+    /// The shipped machine profiles that describe a machine with this CPU.
+    pub fn shipped_for(cpu: &str, threads: usize) -> Vec<ProfileFile> {
+        SHIPPED
+            .iter()
+            .map(|&(name, text)| {
+                Self::parse(&SourceFile::new(name, text))
+                    .expect("shipped profiles are valid (tested)")
+            })
+            .filter(|f| f.machine.as_ref().is_some_and(|m| m.matches(cpu, threads)))
+            .collect()
+    }
+
     pub fn parse(file: &SourceFile) -> Result<ProfileFile, Vec<SpecError>> {
         crate::spec::from_yaml(file)
     }
@@ -232,6 +279,24 @@ mod tests {
 
     fn file(name: &str, text: &str) -> ProfileFile {
         Profiles::parse(&SourceFile::new(name, text)).unwrap()
+    }
+
+    #[test]
+    fn shipped_profiles_apply_only_to_their_machine_kind() {
+        for (name, text) in SHIPPED {
+            let f = Profiles::parse(&SourceFile::new(name, text)).unwrap();
+            let m = f
+                .machine
+                .clone()
+                .expect("a shipped profile names its machine");
+            assert_eq!(Profiles::shipped_for(&m.cpu, m.threads).len(), 1, "{name}");
+            assert_eq!(
+                Profiles::shipped_for(&format!("  {}  ", m.cpu.to_uppercase()), m.threads).len(),
+                1
+            );
+            assert!(Profiles::shipped_for(&m.cpu, m.threads * 2).is_empty());
+            assert!(Profiles::shipped_for("Some Other CPU", m.threads).is_empty());
+        }
     }
 
     #[test]
