@@ -187,7 +187,7 @@ def answer(r):
         if kind == "lake":
             context = (f"Lake {place} lies in the hills north of {other}. It covers {n1} square kilometres "
                        f"and its deepest point is {n2} metres. The lake was first mapped in {year} by {person}.")
-            qa = r.choice([(f"How deep is Lake {place} at its deepest point?", [f"{n2} metres", f"{n2} m", str(n2)]),
+            qa = r.choice([(f"How deep is Lake {place} at its deepest point?", [f"{n2} metres", f"{n2} meters", f"{n2} m", str(n2)]),
                            (f"Who first mapped Lake {place}?", [person]),
                            (f"In which year was Lake {place} first mapped?", [str(year)])])
         elif kind == "bridge":
@@ -195,7 +195,7 @@ def answer(r):
                        f"and is {n2} metres long. It carries {n1} thousand vehicles a day.")
             qa = r.choice([(f"Who designed the {place} Bridge?", [person]),
                            (f"When did the {place} Bridge open?", [str(year)]),
-                           (f"How long is the {place} Bridge?", [f"{n2} metres", f"{n2} m", str(n2)])])
+                           (f"How long is the {place} Bridge?", [f"{n2} metres", f"{n2} meters", f"{n2} m", str(n2)])])
         elif kind == "festival":
             month = r.choice(MONTHS)
             context = (f"The {place} Lantern Festival is held every {month} in the town of {other}. It was founded "
@@ -214,7 +214,7 @@ def answer(r):
             context = (f"The public library of {place} holds {n2} thousand books. Its reading room, added in {year}, "
                        f"was paid for by {person}. The library is closed on {r.choice(['Mondays', 'Sundays', 'Wednesdays'])}.")
             closed = context.rsplit(" ", 1)[1].rstrip(".")
-            qa = r.choice([(f"On which day is the library of {place} closed?", [closed]),
+            qa = r.choice([(f"On which day is the library of {place} closed?", [closed, closed[:-1]]),
                            (f"Who paid for the reading room of the {place} library?", [person]),
                            (f"How many books does the library of {place} hold?", [f"{n2} thousand", f"{n2} thousand books", f"{n2},000"])])
         else:

@@ -208,7 +208,8 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
                                     "model": model, "device": args.device, "task": t.as_str(),
                                     "eval": set.name, "result": s,
                                 });
-                                let _ = writeln!(w, "{line}");
+                                // Line by line, so an interrupted eval keeps every answer.
+                                let _ = writeln!(w, "{line}").and_then(|()| w.flush());
                             }
                             scored.push(s);
                             progress.inc(1);
