@@ -145,16 +145,33 @@ impl LoadedModel {
         )?;
         let context = Engine::context(&content)?;
         let engine = Engine::load(content, &mut reader, device)?;
-        Ok(Self {
+        let mut model = Self {
             id: id.to_string(),
             tokenizer,
             template,
             context,
             device: device.clone(),
-            load_s: started.elapsed().as_secs_f64(),
+            load_s: 0.0,
             bytes,
             engine: Mutex::new(engine),
-        })
+        };
+        model.warm_up()?;
+        model.load_s = started.elapsed().as_secs_f64();
+        Ok(model)
+    }
+
+    /// Runs one tiny generation (a two-token prompt, one decoded token) so that the first real
+    /// request does not pay for first-touch work (page faults in the weights, allocator growth,
+    /// kernel set-up): that cost belongs to loading, where the plan counts it, not to whichever
+    /// step happens to call the model first.
+    fn warm_up(&self) -> Result<(), LocalError> {
+        let id = self.tokenizer.bos.or(self.tokenizer.eos).unwrap_or(0);
+        let request = Request {
+            prompt: Prompt::Tokens(vec![id, id]),
+            ignore_eos: true,
+            ..Request::text("", 2)
+        };
+        self.generate(&request, &mut |_| Flow::Continue).map(|_| ())
     }
 
     /// The prompt text a chat turns into, with the model's turn markers.
