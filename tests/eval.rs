@@ -134,3 +134,58 @@ fn eval_refuses_bad_input_with_a_clear_error() {
     );
     assert!(!dir.path().join("p.yaml").exists(), "nothing was scored");
 }
+
+#[test]
+fn an_endpoint_is_evaluated_like_a_local_model() {
+    let server = common::server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.yaml");
+    let url = format!("lan-joule={}/v1", server.base);
+    let args = |device: &str| {
+        vec![
+            "eval".to_string(),
+            "--task".into(),
+            "classify".into(),
+            "--models".into(),
+            "smollm2-135m".into(),
+            "--device".into(),
+            device.into(),
+            "--endpoint".into(),
+            url.clone(),
+            "--limit".into(),
+            "2".into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "--details".into(),
+            dir.path()
+                .join(format!("{device}.jsonl"))
+                .to_str()
+                .unwrap()
+                .into(),
+            "--json".into(),
+        ]
+    };
+    let mut outputs = Vec::new();
+    for device in ["lan-joule", "cpu"] {
+        let a = args(device);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = run_in(dir.path(), &a);
+        assert_eq!(code, 0, "{device}: {stdout}\n{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["results"][0]["device"], device);
+        let answers: Vec<String> =
+            std::fs::read_to_string(dir.path().join(format!("{device}.jsonl")))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["result"]["output"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+        outputs.push(answers);
+    }
+    // Greedy decoding of the same model: the served answers are the local ones.
+    assert_eq!(outputs[0], outputs[1]);
+}
