@@ -12,6 +12,7 @@ pub mod openai;
 pub mod profiler;
 pub mod report;
 pub mod runtime;
+pub mod sandbox;
 pub mod store;
 pub mod trace;
 

@@ -132,6 +132,14 @@ pub struct Tool {
     pub ok_exit: Vec<i32>,
     #[serde(default)]
     pub limits: ToolLimits,
+    /// Paths beyond the system's own (`/usr`, `/lib`...) and the program's installation that
+    /// the tool may read; everything else outside its working directory is out of reach.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Whether the tool may use the network (off: no network namespace route, no TCP, no
+    /// sockets but Unix ones).
+    #[serde(default)]
+    pub network: bool,
 }
 
 fn exit_zero() -> Vec<i32> {

@@ -80,6 +80,9 @@ pub struct Answer {
     pub load_s: f64,
     /// CPU seconds of a tool's process, for its energy estimate.
     pub cpu_s: Option<f64>,
+    /// The sandbox layers a tool's process ran under (the record of what was in force).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sandbox: Vec<crate::sandbox::Layer>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -216,6 +219,7 @@ impl Router {
                 ttft_s: Some(generation.ttft_s),
                 load_s: generation.load_s,
                 cpu_s: None,
+                sandbox: Vec::new(),
             });
         }
         if let Some(endpoint) = self.endpoints.get(&c.device) {
@@ -258,6 +262,7 @@ impl Router {
                 ttft_s: Some(completion.ttft_s),
                 load_s: completion.server.as_ref().map_or(0.0, |t| t.load_s),
                 cpu_s: None,
+                sandbox: Vec::new(),
             });
         }
         Err(CallError::permanent(format!(
@@ -286,6 +291,7 @@ impl Router {
         Ok(Answer {
             text: out.stdout,
             cpu_s: Some(out.cpu_s),
+            sandbox: out.layers,
             ..Answer::default()
         })
     }

@@ -1,10 +1,11 @@
-//! The `tool` backend: a catalog program run as a child process, basic sandbox form.
+//! The `tool` backend: a catalog program run as a child process inside the sandbox.
 //!
 //! A workflow only names a tool and gives its arguments; the catalog says which program runs
 //! and how the arguments become its argv. The process gets an empty environment, a fresh
 //! temporary working directory, `setrlimit` limits (CPU seconds, address space, processes,
-//! file size) and its own process group, which is killed whole when the wall-clock limit
-//! passes or the run is cancelled. No argument ever passes through a shell.
+//! file size), its own session and process group (killed whole when the wall-clock limit
+//! passes or the run is cancelled) and the isolation layers of [`crate::sandbox`]. No argument
+//! ever passes through a shell.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -16,6 +17,7 @@ use joule_planner::catalog::{Tool, ToolArgType, ToolLimits};
 use tokio::io::AsyncReadExt;
 
 use crate::runtime::Cancel;
+use crate::sandbox::{self, Grant, Layer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -59,6 +61,16 @@ pub struct ToolOutput {
     pub wall_s: f64,
     /// CPU seconds the process and its children used (user + system).
     pub cpu_s: f64,
+    /// The sandbox layers that were in force.
+    pub layers: Vec<Layer>,
+}
+
+/// A tool's command line, and the paths its `path` arguments name (the sandbox lets the
+/// process read those, and nothing else of the workflow's directory).
+#[derive(Debug, Clone)]
+pub struct Argv {
+    pub argv: Vec<String>,
+    pub paths: Vec<PathBuf>,
 }
 
 /// Turns a step's arguments into the argv of the catalog's tool, checking each against its
@@ -67,7 +79,7 @@ pub fn argv(
     tool: &Tool,
     args: &BTreeMap<String, String>,
     workspace: &Path,
-) -> Result<Vec<String>, ToolError> {
+) -> Result<Argv, ToolError> {
     let bad = |message: String| ToolError::Arguments {
         tool: tool.name.clone(),
         message,
@@ -82,6 +94,7 @@ pub fn argv(
         }
     }
     let mut values = BTreeMap::new();
+    let mut paths = Vec::new();
     for (name, decl) in &tool.args {
         let Some(value) = args.get(name) else {
             if decl.required {
@@ -123,10 +136,13 @@ pub fn argv(
                 "true" | "false" => value.trim().to_string(),
                 _ => return Err(bad(format!("argument `{name}` must be true or false"))),
             },
-            ToolArgType::Path => contained(workspace, value)
-                .map_err(|m| bad(format!("argument `{name}`: {m}")))?
-                .to_string_lossy()
-                .into_owned(),
+            ToolArgType::Path => {
+                let path = contained(workspace, value)
+                    .map_err(|m| bad(format!("argument `{name}`: {m}")))?;
+                let text = path.to_string_lossy().into_owned();
+                paths.push(path);
+                text
+            }
         };
         values.insert(name.as_str(), value);
     }
@@ -141,7 +157,7 @@ pub fn argv(
             _ => out.push(element.clone()),
         }
     }
-    Ok(out)
+    Ok(Argv { argv: out, paths })
 }
 
 /// Resolves `path` inside `root`, refusing anything that ends up outside it.
@@ -180,7 +196,7 @@ fn resolve_program(program: &str) -> Option<PathBuf> {
 /// Runs one tool call to completion, within `timeout` (or the tool's own limit).
 pub async fn run(
     tool: &Tool,
-    argv: &[String],
+    argv: &Argv,
     timeout: Option<Duration>,
     cancel: &Cancel,
 ) -> Result<ToolOutput, ToolError> {
@@ -200,20 +216,40 @@ pub async fn run(
         .map_err(io)?;
     let limits = tool.limits;
     let processes = limits.processes.max(1) + running_processes();
+    let grant = Grant {
+        read: tool
+            .read
+            .iter()
+            .map(PathBuf::from)
+            .chain(argv.paths.iter().cloned())
+            .collect(),
+        network: tool.network,
+    };
+    let sandbox = std::sync::Arc::new(sandbox::prepare(
+        &grant,
+        workdir.path(),
+        &program,
+        limits.processes.max(1),
+    ));
+    let in_child = sandbox.clone();
+    let layers = sandbox.layers.clone();
     let mut command = tokio::process::Command::new(&program);
     command
-        .args(argv)
+        .args(&argv.argv)
         .env_clear()
         .current_dir(workdir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: the closure runs in the child between fork and exec and only calls setrlimit,
-    // which is async-signal-safe; it allocates nothing.
+    // SAFETY: the closure runs in the child between fork and exec and only makes system calls
+    // (setrlimit, setsid, unshare, prctl, landlock_restrict_self, seccomp) on values prepared
+    // in the parent; it allocates nothing.
     unsafe {
-        command.pre_exec(move || apply_limits(&limits, processes));
+        command.pre_exec(move || {
+            apply_limits(&limits, processes)?;
+            sandbox::enter(&in_child)
+        });
     }
     let started = Instant::now();
     let cpu_before = children_cpu_s();
@@ -250,11 +286,12 @@ pub async fn run(
     };
     let kill_group = || {
         if let Some(pgid) = pgid {
-            // SAFETY: signals the child's own process group, created by `process_group(0)`.
+            // SAFETY: signals the child's own process group, created by its `setsid`.
             unsafe {
                 libc::kill(-pgid, libc::SIGKILL);
             }
         }
+        sandbox.kill_all();
     };
     let (out, err, status) = tokio::select! {
         r = tokio::time::timeout(wall, work) => match r {
@@ -313,6 +350,7 @@ pub async fn run(
         exit_code: code,
         wall_s: started.elapsed().as_secs_f64(),
         cpu_s: (children_cpu_s() - cpu_before).max(0.0),
+        layers,
     })
 }
 
