@@ -1,6 +1,7 @@
 //! The `joule` command line. Each command lives in its own module and only parses arguments,
 //! calls the library crates and prints; no planning or execution logic lives here.
 
+mod audit;
 mod devices;
 mod diagnostics;
 mod eval;
@@ -55,6 +56,8 @@ enum Command {
     Profile(profile::Args),
     /// Score models on each kind of task and write the quality into the machine profile.
     Eval(eval::Args),
+    /// A run's audit log, and whether its hash chain is intact.
+    Audit(audit::Args),
     /// What joule detects here: CPU, NVIDIA GPUs, energy counters, endpoints.
     Devices(devices::Args),
 }
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Profile(args) => profile::run(&args),
         Command::Devices(args) => devices::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Audit(args) => audit::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 //! The planner decides; this crate does. It depends on the planner's types and never reaches
 //! back into YAML.
 
+pub mod audit;
 pub mod backend;
 pub mod devices;
 pub mod eval;

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS runs (
     parts INTEGER NOT NULL DEFAULT 1,
     error TEXT,
     outputs TEXT,
-    report TEXT
+    report TEXT,
+    audit_head TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -52,7 +53,8 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER NOT NULL,
     at_s REAL NOT NULL,
     kind TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    hash TEXT
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -146,6 +148,8 @@ pub struct Store {
     in_tx: bool,
     /// Calls of attempts that have started but not ended, by (step, index, attempt).
     calls: HashMap<(String, i64, u32), String>,
+    /// The run being written and the hash of its last event: the audit chain's head.
+    head: Option<(String, String)>,
 }
 
 fn json<T: Serialize>(v: &T) -> String {
@@ -186,12 +190,24 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| err(format!("not a joule run store ({e})")))?;
+        // Stores made before the audit chain gain its columns; their old events stay unchained.
+        for (table, column) in [("events", "hash"), ("runs", "audit_head")] {
+            let has: bool = conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+                ))?
+                .exists([column])?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
+            }
+        }
         Ok(Self {
             conn,
             path: path.to_path_buf(),
             part: 1,
             in_tx: false,
             calls: HashMap::new(),
+            head: None,
         })
     }
 
@@ -411,6 +427,32 @@ impl Store {
         rows.map(|b| parse("event", &b?)).collect()
     }
 
+    /// A run's events as the audit chain sees them, and the chain's head.
+    pub fn audit(&self, id: &str) -> Result<(Vec<crate::audit::Row>, Option<String>), StoreError> {
+        let head: Option<String> = self
+            .conn
+            .query_row("SELECT audit_head FROM runs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, part, kind, body, hash FROM events WHERE run_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(crate::audit::Row {
+                    id: r.get(0)?,
+                    part: r.get(1)?,
+                    kind: r.get(2)?,
+                    body: r.get(3)?,
+                    hash: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((rows, head))
+    }
+
     /// A second, read-only connection that answers `cache: true` steps from this store while
     /// the run writes through the first (WAL lets both proceed).
     pub fn cache(&self) -> Result<StoreCache, StoreError> {
@@ -456,11 +498,30 @@ impl Store {
         }
         self.begin()?;
         let body = json(r);
+        let prev = match &self.head {
+            Some((run, hash)) if *run == r.run_id => hash.clone(),
+            // A resumed run continues the chain it left; a new one starts it.
+            _ => self
+                .conn
+                .query_row(
+                    "SELECT hash FROM events WHERE run_id = ?1 ORDER BY id DESC LIMIT 1",
+                    [&r.run_id],
+                    |row| row.get::<_, Option<String>>(0),
+                )
+                .optional()?
+                .flatten()
+                .unwrap_or_else(|| crate::audit::genesis(&r.run_id)),
+        };
+        let hash = crate::audit::link(&prev, self.part, r.event.kind(), &body);
         self.conn
             .prepare_cached(
-                "INSERT INTO events (run_id, part, seq, at_s, kind, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO events (run_id, part, seq, at_s, kind, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![r.run_id, self.part, r.seq as i64, r.at_s, r.event.kind(), body])?;
+            .execute(params![r.run_id, self.part, r.seq as i64, r.at_s, r.event.kind(), body, hash])?;
+        self.conn
+            .prepare_cached("UPDATE runs SET audit_head = ?2 WHERE id = ?1")?
+            .execute(params![r.run_id, hash])?;
+        self.head = Some((r.run_id.clone(), hash));
         match &r.event {
             Event::AttemptStarted {
                 step,
