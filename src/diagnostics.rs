@@ -79,3 +79,30 @@ pub fn catalog(path: Option<&std::path::Path>) -> Option<joule_planner::catalog:
         None => Some(joule_planner::catalog::Catalog::builtin()),
     }
 }
+
+/// What workflows are compiled against: the catalog's models, endpoints and tools, and the
+/// operator policy (`--policy FILE`, else `$JOULE_POLICY`); `None` after printing why the
+/// policy file is unusable.
+pub fn compile_context(
+    catalog: &joule_planner::catalog::Catalog,
+    policy: Option<&std::path::Path>,
+) -> Option<joule_planner::dag::CompileContext> {
+    let mut ctx = catalog.compile_context();
+    let from_env = std::env::var_os("JOULE_POLICY")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
+    if let Some(path) = policy.map(std::path::Path::to_path_buf).or(from_env) {
+        match joule_planner::policy::OperatorPolicy::load(&path) {
+            Ok(p) => ctx.operator = Some(p),
+            Err(errors) => {
+                print(&errors);
+                eprintln!(
+                    "the operator policy {} is unusable; nothing was compiled",
+                    path.display()
+                );
+                return None;
+            }
+        }
+    }
+    Some(ctx)
+}

@@ -43,6 +43,10 @@ pub struct Planning {
     /// A catalog file instead of the built-in one.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
+    /// The operator policy, which workflows cannot widen (default `$JOULE_POLICY`).
+    #[arg(long)]
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
     /// Local devices to plan for, comma-separated (default: what this machine has).
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<String>>,
@@ -224,7 +228,11 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
     let Some(profiles) = args.planning.profiles() else {
         return Ok(ExitCode::FAILURE);
     };
-    let mut dag = match joule_planner::load(&args.file, &catalog.compile_context()) {
+    let Some(ctx) = crate::diagnostics::compile_context(&catalog, args.planning.policy.as_deref())
+    else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut dag = match joule_planner::load(&args.file, &ctx) {
         Ok(d) => d,
         Err(errors) => {
             crate::diagnostics::print(&errors);

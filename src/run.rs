@@ -138,7 +138,11 @@ pub fn run(args: &Args) -> miette::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let dag = match joule_planner::compile_source(&source, &catalog.compile_context()) {
+    let Some(ctx) = crate::diagnostics::compile_context(&catalog, args.planning.policy.as_deref())
+    else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let dag = match joule_planner::compile_source(&source, &ctx) {
         Ok(d) => d,
         Err(errors) => {
             crate::diagnostics::print(&errors);
@@ -255,7 +259,12 @@ fn reload(run: &joule_executor::store::StoredRun) -> miette::Result<Option<Reloa
         return Ok(None);
     };
     let source = SourceFile::new(run.file.clone(), run.source.clone());
-    let dag = match joule_planner::compile_source(&source, &catalog.compile_context()) {
+    let Some(ctx) =
+        crate::diagnostics::compile_context(&catalog, stored.planning.policy.as_deref())
+    else {
+        return Ok(None);
+    };
+    let dag = match joule_planner::compile_source(&source, &ctx) {
         Ok(d) => d,
         Err(errors) => {
             crate::diagnostics::print(&errors);
@@ -868,6 +877,16 @@ impl Sink for Display {
                     ));
                 }
             }
+            Event::PolicyRefused {
+                step,
+                config,
+                reason,
+                ..
+            } => self.line(format!(
+                "  {step}: refused {}@{}: {reason}",
+                config.model.as_deref().unwrap_or("-"),
+                config.device
+            )),
             Event::Fallback {
                 step, to, reason, ..
             } => self.line(format!(

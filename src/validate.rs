@@ -13,11 +13,17 @@ pub struct Args {
     /// Print each file's compiled DAG (or its errors) as one JSON object per line.
     #[arg(long)]
     json: bool,
+    /// The operator policy to check against (default `$JOULE_POLICY`).
+    #[arg(long)]
+    policy: Option<PathBuf>,
 }
 
 pub fn run(args: &Args) -> miette::Result<ExitCode> {
     // Pins are checked against the built-in catalog, as `joule plan` will check them.
-    let ctx = joule_planner::catalog::Catalog::builtin().compile_context();
+    let catalog = joule_planner::catalog::Catalog::builtin();
+    let Some(ctx) = crate::diagnostics::compile_context(&catalog, args.policy.as_deref()) else {
+        return Ok(ExitCode::FAILURE);
+    };
     let mut all_valid = true;
     for path in &args.files {
         let result = joule_planner::load(path, &ctx);

@@ -152,3 +152,38 @@ fn usage_errors_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains("FILES"), "{err}");
 }
+
+#[test]
+fn validate_reports_what_the_operator_policy_forbids_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("w.yaml"),
+        "name: w\npolicy: { providers: [local, openai], tools: [grep] }\nsteps:\n  a:\n    prompt: hi\n    device: openai\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("operator.yaml"), "providers: [local]\n").unwrap();
+    let (code, _, err) = run_in(
+        dir.path(),
+        &["validate", "w.yaml", "--policy", "operator.yaml"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("endpoint `openai` is forbidden by the operator policy"),
+        "{err}"
+    );
+    assert!(err.contains("w.yaml:6:"), "{err}");
+    // Without it the workflow is valid; `$JOULE_POLICY` names the same file.
+    assert_eq!(run_in(dir.path(), &["validate", "w.yaml"]).0, 0);
+    let out = common::joule()
+        .args(["validate", "w.yaml"])
+        .current_dir(dir.path())
+        .env("JOULE_POLICY", dir.path().join("operator.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // An unusable policy file stops everything.
+    std::fs::write(dir.path().join("bad.yaml"), "sandbox: [moat]\n").unwrap();
+    let (code, _, err) = run_in(dir.path(), &["validate", "w.yaml", "--policy", "bad.yaml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`moat` is not a sandbox layer"), "{err}");
+}

@@ -604,3 +604,30 @@ mod cgroup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_name_exactly_these_layers() {
+        let all = [
+            Layer::ProcessGroup,
+            Layer::EmptyEnv,
+            Layer::Workdir,
+            Layer::Rlimits,
+            Layer::Cgroup,
+            Layer::NetNamespace,
+            Layer::LandlockFs,
+            Layer::LandlockNet,
+            Layer::LandlockScope,
+            Layer::Seccomp,
+        ];
+        let names: Vec<&str> = all.iter().map(|l| l.as_str()).collect();
+        assert_eq!(names, joule_planner::spec::SANDBOX_LAYERS);
+        for l in all {
+            let json = serde_json::to_string(&l).unwrap();
+            assert_eq!(json, format!("\"{}\"", l.as_str()));
+        }
+    }
+}

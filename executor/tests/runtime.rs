@@ -630,6 +630,9 @@ outputs:
 "#,
         &catalog,
     );
+    // The fault injector plays two endpoints the catalog does not have; the policy allows them.
+    let mut dag = dag;
+    dag.workflow.policy.providers = vec!["primary".into(), "spare".into()];
     let mut plan = plan_on(&dag, "primary");
     plan.steps[0].model = Some("m".into());
     let job = Job {
@@ -734,6 +737,8 @@ outputs:
 "#,
         &catalog,
     );
+    let mut dag = dag;
+    dag.workflow.policy.providers = vec!["slow".into(), "fast".into()];
     // The plan expected `first` to take 10 ms and put `second` on the frugal, slow config,
     // finishing at 9 s of a 10 s SLO; `first` really takes 1.5 s.
     let mut plan = plan_on(&dag, "slow");
@@ -916,5 +921,87 @@ outputs:
     assert_ne!(
         outputs[0]["uncached"], outputs[1]["uncached"],
         "the clock really ran again"
+    );
+}
+
+/// `providers: [local]`: the planner never proposes the endpoint, even though it is cheaper
+/// (compile and plan time); and a plan that puts the step there anyway (forged, or stale) is
+/// refused by the executor before any request leaves, with the refusal recorded.
+#[tokio::test]
+async fn a_local_only_policy_is_enforced_at_plan_time_and_at_run_time() {
+    let catalog = catalog();
+    let workflow = |providers: &str| {
+        format!(
+            "name: private\nobjective: cost\npolicy: {{ providers: [{providers}] }}\nsteps:\n  ask:\n    prompt: \"summarise the contract\"\n    max_tokens: 8\noutputs:\n  a: \"{{{{ steps.ask.output }}}}\"\n"
+        )
+    };
+    let env = joule_planner::estimate::Environment {
+        devices: vec!["cpu".into()],
+        ..Default::default()
+    };
+    let plan_for = |providers: &str| {
+        let dag = compile(&workflow(providers), &catalog);
+        joule_planner::plan::plan(
+            &dag,
+            &catalog,
+            &Profiles::reference(),
+            &env,
+            &joule_planner::plan::Request::default(),
+        )
+        .unwrap()
+    };
+    // With the endpoint allowed, it is the cheapest place for the step (it charges nothing)...
+    assert_eq!(plan_for("local, lan-joule").steps[0].device, "lan-joule");
+    // ...and with `local` only, the plan never goes there.
+    assert_eq!(plan_for("local").steps[0].device, "cpu");
+
+    // Pinning the step there is a compile error, at the pin.
+    let pinned = workflow("local").replace("max_tokens: 8", "max_tokens: 8\n    device: lan-joule");
+    let errors = joule_planner::compile_source(
+        &SourceFile::new("w.yaml", &pinned),
+        &catalog.compile_context(),
+    )
+    .unwrap_err();
+    assert!(
+        errors.iter().any(|e| e
+            .message
+            .contains("endpoint `lan-joule` is not in `policy.providers`")),
+        "{errors:?}"
+    );
+
+    // A plan that does anyway is refused before the request is sent.
+    let (url, script) = injector(vec![Fault::Stream(&["leaked"])]).await;
+    let dag = compile(&workflow("local"), &catalog);
+    let mut events = Events::default();
+    let out = run_with(
+        endpoint_router(&catalog, &url),
+        catalog,
+        dag,
+        "lan-joule",
+        serde_json::json!({}),
+        &mut [&mut events],
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Failed);
+    assert!(
+        out.error
+            .as_deref()
+            .unwrap()
+            .contains("refused by the policy"),
+        "{:?}",
+        out.error
+    );
+    assert_eq!(
+        script.lock().unwrap().requests,
+        0,
+        "nothing reached the endpoint"
+    );
+    assert_eq!(
+        events.count(|e| matches!(e, Event::PolicyRefused { reason, .. } if reason.contains("`lan-joule` is not allowed"))),
+        1
+    );
+    assert_eq!(
+        events.count(|e| matches!(e, Event::AttemptStarted { .. })),
+        0
     );
 }

@@ -43,7 +43,14 @@ async fn attempt(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let argv = tool::argv(t, &args, workspace)?;
-    tool::run(t, &argv, None, &Cancel::new()).await
+    tool::run(
+        t,
+        &argv,
+        &tool::Constraints::default(),
+        None,
+        &Cancel::new(),
+    )
+    .await
 }
 
 fn limits() -> serde_json::Value {
@@ -348,4 +355,47 @@ fn a_tool_granted_network_gets_no_network_layers() {
     let p = joule_executor::sandbox::prepare(&grant, dir.path(), Path::new("/bin/true"), 4);
     assert!(!p.layers.contains(&Layer::NetNamespace));
     assert!(!p.layers.contains(&Layer::LandlockNet));
+}
+
+/// The network is a grant of both the catalog (`network: true`) and the policy; a layer the
+/// policy requires but this tool cannot have stops it before it starts.
+#[tokio::test]
+async fn network_needs_both_grants_and_a_required_layer_is_enforced() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let mut t = python(
+        "import socket, sys\nsocket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5).close()\nprint('connected')",
+        &["port"],
+        limits(),
+    );
+    t.network = true;
+    let dir = tempfile::tempdir().unwrap();
+    let args: BTreeMap<String, String> = [("port".to_string(), port)].into();
+    let argv = tool::argv(&t, &args, dir.path()).unwrap();
+    let run = |c: tool::Constraints| {
+        let (t, argv) = (t.clone(), argv.clone());
+        async move { tool::run(&t, &argv, &c, None, &Cancel::new()).await }
+    };
+    // The catalog allows it, the policy does not: no network.
+    assert!(run(tool::Constraints::default()).await.is_err());
+    // Both do: it connects (and has no network namespace or Landlock network rules).
+    let out = run(tool::Constraints {
+        network: true,
+        require: Vec::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.stdout.trim(), "connected");
+    assert!(!out.layers.contains(&Layer::NetNamespace));
+    // A policy that requires the network namespace cannot have it for a networked tool.
+    let err = run(tool::Constraints {
+        network: true,
+        require: vec!["net_namespace".into()],
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ToolError::Sandbox { ref layer, .. } if layer == "net_namespace"),
+        "{err}"
+    );
 }

@@ -316,6 +316,7 @@ impl Catalog {
                     })
                     .collect(),
             ),
+            operator: None,
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct CompileContext {
     pub endpoints: Option<BTreeSet<String>>,
     /// The catalog's tools: each one's arguments and whether each is required.
     pub tools: Option<std::collections::BTreeMap<String, std::collections::BTreeMap<String, bool>>>,
+    /// The operator's policy, which the workflow's own cannot widen.
+    pub operator: Option<crate::policy::OperatorPolicy>,
 }
 
 /// A compiled workflow: steps are nodes (node index = index in `workflow.steps`), edges point
@@ -161,6 +163,9 @@ pub fn compile_with(workflow: Workflow, ctx: &CompileContext) -> Result<Dag, Vec
     for i in 0..workflow.steps.len() {
         c.step(i);
         c.policy(i, ctx);
+        if let Some(op) = &ctx.operator {
+            c.operator(i, op);
+        }
     }
     c.providers(ctx);
     c.outputs();
@@ -189,6 +194,10 @@ pub fn compile_with(workflow: Workflow, ctx: &CompileContext) -> Result<Dag, Vec
     }
 
     let (level, critical_path, max_width) = shape(&graph, &order);
+    let mut workflow = workflow;
+    if let Some(op) = &ctx.operator {
+        op.narrow(&mut workflow);
+    }
     Ok(Dag {
         workflow,
         graph,
@@ -790,6 +799,64 @@ impl Compiler<'_> {
                 }
             }
             StepKind::Value(_) => {}
+        }
+    }
+}
+
+impl Compiler<'_> {
+    /// A tool step or pin the operator's policy forbids, whatever the workflow allows.
+    fn operator(&mut self, i: usize, op: &crate::policy::OperatorPolicy) {
+        let step = &self.workflow.steps[i];
+        let help = format!(
+            "the operator policy ({}) decides this; a workflow cannot widen it",
+            op.origin
+        );
+        match &step.kind {
+            StepKind::Tool(t) if !op.allows_tool(&t.tool.name) => {
+                self.err(
+                    t.tool.pos.offset,
+                    t.tool.name.len(),
+                    ErrorCode::Policy,
+                    format!("tool `{}` is forbidden by the operator policy", t.tool.name),
+                    help,
+                );
+            }
+            StepKind::Llm(l) => {
+                if let Some(m) = l.model.as_ref().filter(|m| !op.allows_model(&m.name)) {
+                    self.err(
+                        m.pos.offset,
+                        m.name.len(),
+                        ErrorCode::Policy,
+                        format!("model `{}` is forbidden by the operator policy", m.name),
+                        help.clone(),
+                    );
+                }
+                if let Some(d) = &l.device {
+                    let local = is_local_device(&d.name);
+                    let provider = if local {
+                        LOCAL_PROVIDER
+                    } else {
+                        d.name.as_str()
+                    };
+                    if !op.allows_provider(provider) {
+                        self.err(
+                            d.pos.offset,
+                            d.name.len(),
+                            ErrorCode::Policy,
+                            if local {
+                                format!(
+                                    "local device `{}` is forbidden by the operator policy",
+                                    d.name
+                                )
+                            } else {
+                                format!("endpoint `{}` is forbidden by the operator policy", d.name)
+                            },
+                            help,
+                        );
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod estimate;
 pub mod figure;
 pub mod pareto;
 pub mod plan;
+pub mod policy;
 pub mod profile;
 pub mod render;
 pub mod schema;

@@ -41,6 +41,12 @@ pub struct ToolCall {
     pub tool: String,
     pub args: BTreeMap<String, String>,
     pub timeout_s: Option<f64>,
+    /// Whether the policy gives this tool the network (the catalog must allow it too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
+    /// Sandbox layers the policy requires; the call fails rather than run without one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sandbox: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -280,6 +286,10 @@ impl Router {
         let out = tool::run(
             tool,
             &argv,
+            &tool::Constraints {
+                network: c.network,
+                require: c.sandbox.clone(),
+            },
             c.timeout_s.map(Duration::from_secs_f64),
             cancel,
         )

@@ -43,12 +43,23 @@ pub enum ToolError {
     Cancelled { tool: String },
     #[error("tool `{tool}`: {message}")]
     Io { tool: String, message: String },
+    #[error(
+        "tool `{tool}` was not started: the policy requires the `{layer}` sandbox layer, which is absent here ({why})"
+    )]
+    Sandbox {
+        tool: String,
+        layer: String,
+        why: String,
+    },
 }
 
 impl ToolError {
     /// Whether running the same call again may succeed (bad arguments never will).
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::Arguments { .. } | Self::Spawn { .. })
+        !matches!(
+            self,
+            Self::Arguments { .. } | Self::Spawn { .. } | Self::Sandbox { .. }
+        )
     }
 }
 
@@ -193,10 +204,20 @@ fn resolve_program(program: &str) -> Option<PathBuf> {
     })
 }
 
+/// What the workflow's policy adds to the catalog's declaration of a tool.
+#[derive(Debug, Clone, Default)]
+pub struct Constraints {
+    /// The policy grants the network (it is used only where the catalog allows it too).
+    pub network: bool,
+    /// Sandbox layers that must be in force (`Layer::as_str` names).
+    pub require: Vec<String>,
+}
+
 /// Runs one tool call to completion, within `timeout` (or the tool's own limit).
 pub async fn run(
     tool: &Tool,
     argv: &Argv,
+    constraints: &Constraints,
     timeout: Option<Duration>,
     cancel: &Cancel,
 ) -> Result<ToolOutput, ToolError> {
@@ -223,7 +244,7 @@ pub async fn run(
             .map(PathBuf::from)
             .chain(argv.paths.iter().cloned())
             .collect(),
-        network: tool.network,
+        network: tool.network && constraints.network,
     };
     let sandbox = std::sync::Arc::new(sandbox::prepare(
         &grant,
@@ -233,6 +254,20 @@ pub async fn run(
     ));
     let in_child = sandbox.clone();
     let layers = sandbox.layers.clone();
+    for need in &constraints.require {
+        if !layers.iter().any(|l| l.as_str() == need) {
+            let why = sandbox
+                .absent
+                .iter()
+                .find(|(l, _)| l.as_str() == need)
+                .map_or("not provided for this tool".to_string(), |(_, w)| w.clone());
+            return Err(ToolError::Sandbox {
+                tool: tool.name.clone(),
+                layer: need.clone(),
+                why,
+            });
+        }
+    }
     let mut command = tokio::process::Command::new(&program);
     command
         .args(&argv.argv)

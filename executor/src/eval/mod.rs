@@ -272,6 +272,8 @@ pub async fn score(
                     ("tests".to_string(), p.tests()),
                 ]),
                 timeout_s: Some(15.0),
+                network: false,
+                sandbox: Vec::new(),
             });
             let site = Site {
                 step: format!("eval:{}", p.task_id),

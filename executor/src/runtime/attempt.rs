@@ -27,6 +27,52 @@ pub(super) struct Shared {
     pub(super) no_backoff: bool,
     pub(super) cache: Option<Arc<dyn Cache>>,
     pub(super) seed: u64,
+    /// The workflow's effective policy, checked again before every call.
+    pub(super) policy: joule_planner::spec::Policy,
+}
+
+/// Whether the effective policy allows a call: its provider (`local` for this machine's
+/// devices, else the endpoint), its model, its tool. The planner never proposes anything else;
+/// this is the second check, against plans that did not come from it.
+pub fn permitted(policy: &joule_planner::spec::Policy, call: &Call) -> Result<(), String> {
+    match call {
+        Call::Llm(c) => {
+            let local = joule_planner::dag::is_local_device(&c.device);
+            let provider = if local {
+                joule_planner::spec::LOCAL_PROVIDER
+            } else {
+                c.device.as_str()
+            };
+            if !policy.providers.iter().any(|p| p == provider) {
+                return Err(format!(
+                    "provider `{provider}` is not allowed by the policy (providers: [{}])",
+                    policy.providers.join(", ")
+                ));
+            }
+            if let Some(models) = &policy.models
+                && !models.contains(&c.model)
+            {
+                return Err(format!(
+                    "model `{}` is not allowed by the policy (models: [{}])",
+                    c.model,
+                    models.join(", ")
+                ));
+            }
+        }
+        Call::Tool(c) => {
+            if !policy.tools.contains(&c.tool) {
+                return Err(format!(
+                    "tool `{}` is not allowed by the policy (tools: [{}])",
+                    c.tool,
+                    policy.tools.join(", ")
+                ));
+            }
+            if c.network && !policy.network.contains(&c.tool) {
+                return Err(format!("tool `{}` may not use the network", c.tool));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One call site: a step, or one element of a `for_each` step.
@@ -79,6 +125,17 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
             });
         }
         last_config = config.clone();
+        if let Err(reason) = permitted(&sh.policy, call) {
+            tracing::warn!(step = %w.site.step, %reason, "policy refused a call");
+            let _ = sh.events.send(Event::PolicyRefused {
+                step: w.site.step.clone(),
+                index: w.site.index,
+                config: config.clone(),
+                reason: reason.clone(),
+            });
+            last_error = format!("refused by the policy: {reason}");
+            continue;
+        }
         for attempt in 1..=w.retry + 1 {
             if sh.cancel.is_cancelled() {
                 return done(

@@ -121,6 +121,14 @@ pub enum Event {
         index: Option<usize>,
         tokens: u64,
     },
+    /// A call the workflow's effective policy does not allow was refused before it was made
+    /// (a forged or stale plan, a fallback the policy has since narrowed away).
+    PolicyRefused {
+        step: String,
+        index: Option<usize>,
+        config: ConfigRef,
+        reason: String,
+    },
     /// The attempts on one config were used up; the next-best one the plan allows is tried.
     Fallback {
         step: String,
@@ -177,6 +185,7 @@ impl Event {
             Event::AttemptStarted { .. } => "attempt_started",
             Event::AttemptEnded { .. } => "attempt_ended",
             Event::Progress { .. } => "progress",
+            Event::PolicyRefused { .. } => "policy_refused",
             Event::Fallback { .. } => "fallback",
             Event::ElementEnded { .. } => "element_ended",
             Event::StepSkipped { .. } => "step_skipped",

@@ -245,6 +245,7 @@ impl Executor {
             no_backoff: self.options.no_backoff,
             cache: self.cache.clone(),
             seed: t0.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
+            policy: job.dag.workflow.policy.clone(),
         });
         let mut rec = Recorder {
             run_id: job.run_id.clone(),
@@ -623,7 +624,10 @@ impl Executor {
                         .map_err(|e| format!("argument `{name}`: {e}"))?;
                     args.insert(name.clone(), render::text(&value));
                 }
+                let policy = &job.dag.workflow.policy;
                 Ok(vec![Call::Tool(ToolCall {
+                    network: policy.network.contains(&t.tool.name),
+                    sandbox: policy.sandbox.clone(),
                     tool: t.tool.name.clone(),
                     args,
                     timeout_s: step.timeout_s,

@@ -159,6 +159,10 @@ pub struct Policy {
     pub models: Option<Vec<String>>,
     /// The tools the workflow may call.
     pub tools: Vec<String>,
+    /// The tools that may use the network (each also in `tools`).
+    pub network: Vec<String>,
+    /// Sandbox layers every tool step needs.
+    pub sandbox: Vec<String>,
 }
 
 impl Default for Policy {
@@ -167,9 +171,25 @@ impl Default for Policy {
             providers: vec![LOCAL_PROVIDER.to_string()],
             models: None,
             tools: Vec::new(),
+            network: Vec::new(),
+            sandbox: Vec::new(),
         }
     }
 }
+
+/// The tool sandbox's layers, by the names policies use (the executor's `sandbox::Layer`).
+pub const SANDBOX_LAYERS: [&str; 10] = [
+    "process_group",
+    "empty_env",
+    "workdir",
+    "rlimits",
+    "cgroup",
+    "net_namespace",
+    "landlock_fs",
+    "landlock_net",
+    "landlock_scope",
+    "seccomp",
+];
 
 /// Text in minijinja syntax, with where it starts in the file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -559,12 +579,46 @@ impl Checker<'_> {
                 .and_then(|d| self.positive(d, units::parse_cost, "cost")),
         });
 
-        let policy = raw.policy.map_or_else(Policy::default, |p| Policy {
-            providers: p
-                .providers
-                .map_or_else(|| vec![LOCAL_PROVIDER.to_string()], strings),
-            models: p.models.map(strings),
-            tools: p.tools.map(strings).unwrap_or_default(),
+        let policy = raw.policy.map_or_else(Policy::default, |p| {
+            let tools = p.tools.map(strings).unwrap_or_default();
+            for t in p.network.iter().flatten() {
+                if !tools.contains(&t.value) {
+                    self.error(
+                        t,
+                        t.value.len(),
+                        ErrorCode::Policy,
+                        format!(
+                            "`policy.network` names `{}`, which is not in `policy.tools`",
+                            t.value
+                        ),
+                        "a tool must be allowed before it can be given the network",
+                    );
+                }
+            }
+            for l in p.sandbox.iter().flatten() {
+                if !SANDBOX_LAYERS.contains(&l.value.as_str()) {
+                    let help = match crate::diag::did_you_mean(&l.value, SANDBOX_LAYERS) {
+                        Some(c) => format!("did you mean `{c}`?"),
+                        None => format!("sandbox layers: {}", SANDBOX_LAYERS.join(", ")),
+                    };
+                    self.error(
+                        l,
+                        l.value.len(),
+                        ErrorCode::InvalidValue,
+                        format!("`{}` is not a sandbox layer", l.value),
+                        help,
+                    );
+                }
+            }
+            Policy {
+                providers: p
+                    .providers
+                    .map_or_else(|| vec![LOCAL_PROVIDER.to_string()], strings),
+                models: p.models.map(strings),
+                tools,
+                network: p.network.map(strings).unwrap_or_default(),
+                sandbox: p.sandbox.map(strings).unwrap_or_default(),
+            }
         });
 
         if raw.steps.0.is_empty() {

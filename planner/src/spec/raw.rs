@@ -180,6 +180,15 @@ pub struct RawPolicy {
     /// The only tools this workflow may call (default: none).
     #[serde(default)]
     pub tools: Option<Vec<At<String>>>,
+    /// Tools (of `tools`) that may use the network, where the catalog lets them (default:
+    /// none: every tool runs without network).
+    #[serde(default)]
+    pub network: Option<Vec<At<String>>>,
+    /// Sandbox layers every tool step needs; a step fails rather than run without one
+    /// (`landlock_fs`, `landlock_net`, `landlock_scope`, `seccomp`, `net_namespace`, `cgroup`,
+    /// `rlimits`, `empty_env`, `workdir`, `process_group`).
+    #[serde(default)]
+    pub sandbox: Option<Vec<At<String>>>,
 }
 
 /// One step. Exactly one of `prompt` (an llm step), `tool` (a tool step) or `value` (a pure
