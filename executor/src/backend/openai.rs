@@ -133,7 +133,63 @@ impl OpenAiBackend {
     /// Sends a chat completion, retrying transient failures within the deadline. With
     /// `request.stream`, `on_text` receives the answer as it arrives (an attempt cut mid-stream
     /// is not retried once text has been handed out: the caller decides).
+    /// One chat completion, retried per the policy. Whatever the endpoint sends back (an error
+    /// body, even the answer) has the API key blanked out, so a server that echoes it cannot
+    /// get it into joule's logs, store, traces or reports.
     pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Completion, HttpError> {
+        match self.chat_unredacted(request, on_text).await {
+            Ok(mut c) => {
+                c.text = self.redact(&c.text);
+                Ok(c)
+            }
+            Err(e) => Err(self.redact_error(e)),
+        }
+    }
+
+    fn redact(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(key) if !key.is_empty() && text.contains(key.as_str()) => {
+                text.replace(key.as_str(), "[redacted]")
+            }
+            _ => text.to_string(),
+        }
+    }
+
+    fn redact_error(&self, e: HttpError) -> HttpError {
+        match e {
+            HttpError::Status {
+                url,
+                status,
+                message,
+                attempts,
+            } => HttpError::Status {
+                url: self.redact(&url),
+                status,
+                message: self.redact(&message),
+                attempts,
+            },
+            HttpError::Transport {
+                url,
+                message,
+                attempts,
+            } => HttpError::Transport {
+                url: self.redact(&url),
+                message: self.redact(&message),
+                attempts,
+            },
+            HttpError::Protocol { url, message } => HttpError::Protocol {
+                url: self.redact(&url),
+                message: self.redact(&message),
+            },
+            other => other,
+        }
+    }
+
+    async fn chat_unredacted(
         &self,
         request: &ChatRequest,
         on_text: &mut (dyn FnMut(&str) + Send),
@@ -179,7 +235,8 @@ impl OpenAiBackend {
             if Instant::now() + wait >= deadline {
                 return Err(error);
             }
-            tracing::warn!(%url, attempt, wait_s = wait.as_secs_f64(), error = %error, "retrying");
+            let error_text = self.redact(&error.to_string());
+            tracing::warn!(%url, attempt, wait_s = wait.as_secs_f64(), error = %error_text, "retrying");
             tokio::time::sleep(wait).await;
         }
     }

@@ -19,6 +19,8 @@ pub enum Fault {
     /// A stream whose body ends after these pieces without `[DONE]`.
     Cut(&'static [&'static str]),
     Status(u16, Option<&'static str>),
+    /// A hostile server: an error whose body repeats the request's Authorization header.
+    EchoAuth(u16),
     /// Never answers.
     Hang,
 }
@@ -27,6 +29,8 @@ pub enum Fault {
 pub struct Script {
     pub faults: VecDeque<Fault>,
     pub requests: usize,
+    /// The Authorization header of each request (empty when there was none).
+    pub auth: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<Script>>;
@@ -55,10 +59,16 @@ fn sse(pieces: &[&str], done: bool) -> String {
     body
 }
 
-async fn chat(State(script): State<Shared>) -> Response {
+async fn chat(State(script): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let fault = {
         let mut s = script.lock().unwrap();
         s.requests += 1;
+        s.auth.push(auth.clone());
         s.faults.pop_front().unwrap_or(Fault::Status(500, None))
     };
     match fault {
@@ -81,6 +91,11 @@ async fn chat(State(script): State<Shared>) -> Response {
             }
             r
         }
+        Fault::EchoAuth(code) => (
+            StatusCode::from_u16(code).unwrap(),
+            axum::Json(serde_json::json!({"error": {"message": format!("bad key: {auth}"), "type": "x", "param": null, "code": null}})),
+        )
+            .into_response(),
         Fault::Hang => {
             std::future::pending::<()>().await;
             Body::empty().into_response()
@@ -92,6 +107,7 @@ pub async fn injector(faults: Vec<Fault>) -> (String, Shared) {
     let script: Shared = Arc::new(Mutex::new(Script {
         faults: faults.into(),
         requests: 0,
+        auth: Vec::new(),
     }));
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
