@@ -54,6 +54,12 @@ fn the_audit_chain_verifies_and_detects_a_modified_or_removed_event() {
     let layers = ended["detail"]["sandbox"].as_array().unwrap();
     assert!(layers.iter().any(|l| l == "empty_env"), "{ended}");
     assert!(events.iter().any(|e| e["detail"]["tool"] == "grep"));
+    // The policy the run was held to opens the log.
+    assert_eq!(events[0]["kind"], "run_started");
+    assert_eq!(
+        events[0]["detail"]["policy"]["tools"],
+        serde_json::json!(["grep"])
+    );
 
     // Someone edits what the tool answered.
     let conn = rusqlite::Connection::open(&db).unwrap();

@@ -145,7 +145,9 @@ pub fn entry(row: &Row) -> Entry {
             d
         }
         "run_started" => {
-            serde_json::json!({ "workflow": v["plan"]["workflow"], "method": v["plan"]["method"] })
+            serde_json::json!({
+                "workflow": v["plan"]["workflow"], "method": v["plan"]["method"], "policy": v["policy"],
+            })
         }
         _ => {
             let mut d = v.clone();

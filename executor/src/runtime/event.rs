@@ -88,6 +88,10 @@ pub enum Event {
         resumed: bool,
         /// The plan being run, as `joule plan --json` prints it.
         plan: serde_json::Value,
+        /// The effective policy every call of the run is checked against (the workflow's,
+        /// narrowed by the operator's).
+        #[serde(default)]
+        policy: serde_json::Value,
     },
     /// An attempt of a call begins; `call` is exactly what was sent (prompt, arguments).
     AttemptStarted {

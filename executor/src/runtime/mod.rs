@@ -265,6 +265,7 @@ impl Executor {
                 workflow: wf.name.clone(),
                 resumed,
                 plan: job.plan.to_json(),
+                policy: serde_json::to_value(&wf.policy).unwrap_or_default(),
             })?;
         }
 
