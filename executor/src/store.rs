@@ -486,6 +486,11 @@ impl Store {
 
     fn commit(&mut self) -> Result<(), rusqlite::Error> {
         if self.in_tx {
+            if let Some((run, hash)) = &self.head {
+                self.conn
+                    .prepare_cached("UPDATE runs SET audit_head = ?2 WHERE id = ?1")?
+                    .execute(params![run, hash])?;
+            }
             self.conn.execute_batch("COMMIT")?;
             self.in_tx = false;
         }
@@ -518,9 +523,8 @@ impl Store {
                 "INSERT INTO events (run_id, part, seq, at_s, kind, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![r.run_id, self.part, r.seq as i64, r.at_s, r.event.kind(), body, hash])?;
-        self.conn
-            .prepare_cached("UPDATE runs SET audit_head = ?2 WHERE id = ?1")?
-            .execute(params![r.run_id, hash])?;
+        // The run's head is written once per commit (see `commit`): events between commits
+        // stand or fall together.
         self.head = Some((r.run_id.clone(), hash));
         match &r.event {
             Event::AttemptStarted {
