@@ -53,6 +53,16 @@ fn the_audit_chain_verifies_and_detects_a_modified_or_removed_event() {
         .unwrap();
     let layers = ended["detail"]["sandbox"].as_array().unwrap();
     assert!(layers.iter().any(|l| l == "empty_env"), "{ended}");
+    // ...the program and argv as started, and how it exited.
+    assert_eq!(ended["detail"]["command"][0], "grep");
+    assert!(
+        ended["detail"]["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "export")
+    );
+    assert_eq!(ended["detail"]["exit_code"], 0);
     assert!(events.iter().any(|e| e["detail"]["tool"] == "grep"));
     // The policy the run was held to opens the log.
     assert_eq!(events[0]["kind"], "run_started");

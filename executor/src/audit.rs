@@ -138,8 +138,10 @@ pub fn entry(row: &Row) -> Entry {
                 d["tokens_in"] = answer["tokens_in"].clone();
                 d["tokens_out"] = answer["tokens_out"].clone();
                 d["output_sha256"] = digest(answer["text"].as_str().unwrap_or("")).into();
-                if let Some(layers) = answer.get("sandbox") {
-                    d["sandbox"] = layers.clone();
+                for k in ["sandbox", "command", "exit_code"] {
+                    if let Some(x) = answer.get(k) {
+                        d[k] = x.clone();
+                    }
                 }
             }
             d

@@ -89,6 +89,11 @@ pub struct Answer {
     /// The sandbox layers a tool's process ran under (the record of what was in force).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sandbox: Vec<crate::sandbox::Layer>,
+    /// A tool's program and argv as started, and its exit status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -226,6 +231,8 @@ impl Router {
                 load_s: generation.load_s,
                 cpu_s: None,
                 sandbox: Vec::new(),
+                command: Vec::new(),
+                exit_code: None,
             });
         }
         if let Some(endpoint) = self.endpoints.get(&c.device) {
@@ -269,6 +276,8 @@ impl Router {
                 load_s: completion.server.as_ref().map_or(0.0, |t| t.load_s),
                 cpu_s: None,
                 sandbox: Vec::new(),
+                command: Vec::new(),
+                exit_code: None,
             });
         }
         Err(CallError::permanent(format!(
@@ -302,6 +311,10 @@ impl Router {
             text: out.stdout,
             cpu_s: Some(out.cpu_s),
             sandbox: out.layers,
+            command: std::iter::once(tool.program.clone())
+                .chain(argv.argv.iter().cloned())
+                .collect(),
+            exit_code: Some(out.exit_code),
             ..Answer::default()
         })
     }
