@@ -204,12 +204,19 @@ async fn chat(
     let body = match body {
         Ok(b) => b,
         Err(e) => {
-            return error(
+            let mut response = error(
                 e.status(),
                 "invalid_request_error",
                 "invalid_body",
                 e.body_text(),
             );
+            // The rest of an unread body is still on the connection: close it, or the client's
+            // next request on it would be read as that body's tail.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return response;
         }
     };
     let request: ChatRequest = match serde_json::from_slice(&body) {

@@ -146,6 +146,11 @@ fn bad_requests_get_openai_style_json_errors() {
     let (got, error) = post(&client, &url, &"x".repeat(3 << 20));
     assert_eq!(got, 413, "{error}");
     assert_eq!(error["error"]["code"], "invalid_body");
+    // The server closes that connection (its unread body is still on it), so the client's next
+    // request goes out on a new one instead of failing on the old.
+    let response = client.post(&url).body("x".repeat(3 << 20)).send().unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    assert_eq!(response.headers()["connection"], "close");
     let response = client.get(&url).send().unwrap();
     assert_eq!(response.status().as_u16(), 405);
     assert_eq!(
