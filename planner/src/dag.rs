@@ -773,11 +773,7 @@ impl Compiler<'_> {
                 }
                 if let Some(d) = &l.device {
                     let local = is_local_device(&d.name);
-                    let provider = if local {
-                        LOCAL_PROVIDER
-                    } else {
-                        d.name.as_str()
-                    };
+                    let provider = provider_of(&d.name);
                     if !policy.providers.iter().any(|p| p == provider) {
                         self.err(
                             d.pos.offset,
@@ -833,11 +829,7 @@ impl Compiler<'_> {
                 }
                 if let Some(d) = &l.device {
                     let local = is_local_device(&d.name);
-                    let provider = if local {
-                        LOCAL_PROVIDER
-                    } else {
-                        d.name.as_str()
-                    };
+                    let provider = provider_of(&d.name);
                     if !op.allows_provider(provider) {
                         self.err(
                             d.pos.offset,
@@ -858,6 +850,16 @@ impl Compiler<'_> {
             }
             _ => {}
         }
+    }
+}
+
+/// The policy provider a device belongs to: `local` for this machine's devices, else the
+/// endpoint itself.
+pub fn provider_of(device: &str) -> &str {
+    if is_local_device(device) {
+        LOCAL_PROVIDER
+    } else {
+        device
     }
 }
 

@@ -37,12 +37,7 @@ pub(super) struct Shared {
 pub fn permitted(policy: &joule_planner::spec::Policy, call: &Call) -> Result<(), String> {
     match call {
         Call::Llm(c) => {
-            let local = joule_planner::dag::is_local_device(&c.device);
-            let provider = if local {
-                joule_planner::spec::LOCAL_PROVIDER
-            } else {
-                c.device.as_str()
-            };
+            let provider = joule_planner::dag::provider_of(&c.device);
             if !policy.providers.iter().any(|p| p == provider) {
                 return Err(format!(
                     "provider `{provider}` is not allowed by the policy (providers: [{}])",
