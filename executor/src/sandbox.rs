@@ -433,14 +433,9 @@ mod landlock {
         // Where the program lives (`/usr` for /usr/bin/grep, the interpreter's prefix for a
         // version manager's shim).
         if let Ok(real) = program.canonicalize() {
-            paths.extend(real.parent().and_then(Path::parent).map(Path::to_path_buf));
+            paths.extend(install_prefix(&real));
         }
-        paths.extend(
-            program
-                .parent()
-                .and_then(Path::parent)
-                .map(Path::to_path_buf),
-        );
+        paths.extend(install_prefix(program));
         paths.extend(grant.read.iter().cloned());
         for path in &paths {
             allow(&ruleset, path, read & handled)?;
@@ -452,6 +447,21 @@ mod landlock {
             (READ_FILE | WRITE_FILE) & handled,
         )?;
         Ok((ruleset, layers))
+    }
+
+    /// The installation a program belongs to: the directory above its `bin` (`/usr` for
+    /// /usr/bin/grep, `~/.pyenv` for a pyenv shim), or its own directory when that would be
+    /// `/` or the home directory itself (/bin/true, ~/bin/tool): never a grant of the whole
+    /// filesystem or of a user's whole home.
+    pub(super) fn install_prefix(program: &Path) -> Option<PathBuf> {
+        let dir = program.parent()?;
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let too_wide = |p: &Path| p.parent().is_none() || home.as_deref() == Some(p);
+        match dir.parent() {
+            Some(up) if !too_wide(up) => Some(up.to_path_buf()),
+            _ if !too_wide(dir) => Some(dir.to_path_buf()),
+            _ => None,
+        }
     }
 
     /// Adds a rule for `path` (skipped when it does not exist here).
@@ -608,6 +618,25 @@ mod cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_programs_installation_is_never_the_whole_filesystem() {
+        let prefix = |p: &str| landlock::install_prefix(Path::new(p));
+        assert_eq!(prefix("/usr/bin/grep"), Some(PathBuf::from("/usr")));
+        assert_eq!(
+            prefix("/opt/tool/bin/run"),
+            Some(PathBuf::from("/opt/tool"))
+        );
+        assert_eq!(prefix("/bin/true"), Some(PathBuf::from("/bin")));
+        assert_eq!(prefix("/opt/run"), Some(PathBuf::from("/opt")));
+        assert_eq!(prefix("/run"), None);
+        if let Some(home) = std::env::var_os("HOME").map(PathBuf::from)
+            && home.parent().is_some()
+        {
+            let tool = home.join("bin/tool");
+            assert_eq!(landlock::install_prefix(&tool), Some(home.join("bin")));
+        }
+    }
 
     #[test]
     fn policies_name_exactly_these_layers() {
