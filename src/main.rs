@@ -2,6 +2,7 @@
 //! calls the library crates and prints; no planning or execution logic lives here.
 
 mod audit;
+mod bench;
 mod devices;
 mod diagnostics;
 mod eval;
@@ -60,6 +61,8 @@ enum Command {
     Audit(audit::Args),
     /// What joule detects here: CPU, NVIDIA GPUs, energy counters, endpoints.
     Devices(devices::Args),
+    /// Compare joule's plans with the static and greedy baselines on a benchmark suite.
+    Bench(bench::Args),
 }
 
 /// A tokio runtime for the commands that do network work.
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Devices(args) => devices::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Audit(args) => audit::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -164,6 +164,7 @@ impl Planning {
         Environment {
             devices: self.devices.clone().unwrap_or_else(detected_devices),
             local_models: None,
+            resident: Default::default(),
         }
     }
 

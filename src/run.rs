@@ -117,10 +117,10 @@ enum RunsCommand {
 
 /// What a stored run needs to be planned and run again the same way.
 #[derive(Serialize, Deserialize)]
-struct Stored {
-    planning: Planning,
-    endpoints: Vec<String>,
-    workspace: PathBuf,
+pub struct Stored {
+    pub planning: Planning,
+    pub endpoints: Vec<String>,
+    pub workspace: PathBuf,
 }
 
 fn store_path(p: &Option<PathBuf>) -> PathBuf {
@@ -501,14 +501,44 @@ pub fn point_endpoints(catalog: &mut Catalog, endpoints: &[String]) -> miette::R
 /// The backends a plan needs: local inference on the devices it uses, the endpoints it (or a
 /// fallback) may call, and tools.
 fn router(catalog: &Arc<Catalog>, plan: &Plan, stored: &Stored) -> miette::Result<Router> {
-    let mut router = Router::new(catalog.clone(), stored.workspace.clone());
-    let devices = stored.planning.environment().devices;
-    for d in &devices {
-        let local = LocalBackend::new(catalog.clone(), ModelStore::from_env(), Some(d), u64::MAX)
-            .map_err(|e| miette!("{e}"))?;
-        router = router.with_local(Arc::new(local));
-    }
     let used: BTreeSet<&str> = plan.steps.iter().map(|s| s.device.as_str()).collect();
+    backends(
+        catalog,
+        &local_backends(catalog, &stored.planning)?,
+        &stored.workspace,
+        &used,
+    )
+}
+
+/// A local backend for every device planned for; each keeps its models loaded between runs.
+pub fn local_backends(
+    catalog: &Arc<Catalog>,
+    planning: &Planning,
+) -> miette::Result<Vec<Arc<LocalBackend>>> {
+    planning
+        .environment()
+        .devices
+        .iter()
+        .map(|d| {
+            LocalBackend::new(catalog.clone(), ModelStore::from_env(), Some(d), u64::MAX)
+                .map(Arc::new)
+                .map_err(|e| miette!("{e}"))
+        })
+        .collect()
+}
+
+/// The router over `locals`, every endpoint that can be reached (an endpoint in `used` must
+/// be), and tools run in `workspace`.
+pub fn backends(
+    catalog: &Arc<Catalog>,
+    locals: &[Arc<LocalBackend>],
+    workspace: &Path,
+    used: &BTreeSet<&str>,
+) -> miette::Result<Router> {
+    let mut router = Router::new(catalog.clone(), workspace.to_path_buf());
+    for local in locals {
+        router = router.with_local(local.clone());
+    }
     for e in &catalog.endpoints {
         match OpenAiBackend::new(&e.base_url, Some(&e.api_key_env), RetryPolicy::default()) {
             Ok(b) => router = router.with_endpoint(&e.name, b),

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod bench;
 pub mod devices;
 pub mod eval;
 pub mod meter;

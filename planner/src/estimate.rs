@@ -116,6 +116,10 @@ pub struct Environment {
     /// Local models whose weights are on this machine; `None` plans as if all were. `joule
     /// run` sets it, so a plan never picks a model it would have to download first.
     pub local_models: Option<std::collections::BTreeSet<String>>,
+    /// `(model, device)` pairs already in memory (a server or a benchmark keeps models
+    /// loaded between runs): planning charges them no load time, energy or cost, since a run
+    /// on them pays none.
+    pub resident: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Default for Environment {
@@ -123,6 +127,7 @@ impl Default for Environment {
         Self {
             devices: vec!["cpu".to_string()],
             local_models: None,
+            resident: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -285,7 +290,13 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                                 *residency_index
                                     .entry((model.id.clone(), r))
                                     .or_insert_with(|| {
-                                        let load_s = hw.load_s.as_ref().map_or(0.0, |f| f.value);
+                                        let warm = env
+                                            .resident
+                                            .contains(&(model.id.clone(), res.name.clone()));
+                                        let load_s = match &hw.load_s {
+                                            Some(f) if !warm => f.value,
+                                            _ => 0.0,
+                                        };
                                         let memory_gb = hw.memory_gb.as_ref().map_or_else(
                                             || {
                                                 model

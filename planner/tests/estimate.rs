@@ -125,3 +125,28 @@ fn models_are_loaded_once_per_device() {
     let b = config(&p, 1, "qwen2.5-coder-1.5b", "cpu").residency;
     assert!(a.is_some() && a == b);
 }
+
+#[test]
+fn a_resident_model_is_charged_no_load() {
+    let cold = problem();
+    let dag = compile_source(
+        &SourceFile::new("t.yaml", WORKFLOW),
+        &CompileContext::default(),
+    )
+    .unwrap();
+    let env = Environment {
+        resident: [("qwen2.5-coder-1.5b".to_string(), "cpu".to_string())].into(),
+        ..Environment::default()
+    };
+    let warm = estimate::problem(&dag, &Catalog::builtin(), &Profiles::reference(), &env);
+    let load = |p: &estimate::Problem, model: &str| {
+        let r = config(p, 0, model, "cpu").residency.unwrap();
+        (p.residencies[r].load_s, p.residencies[r].energy_j)
+    };
+    let (cold_s, cold_j) = load(&cold, "qwen2.5-coder-1.5b");
+    assert!(cold_s > 0.0 && cold_j > 0.0, "{cold_s} s, {cold_j} J");
+    assert_eq!(load(&warm, "qwen2.5-coder-1.5b"), (0.0, 0.0));
+    // Only the pair named is warm: another model on the same device still loads.
+    assert_eq!(load(&warm, "smollm2-135m"), load(&cold, "smollm2-135m"));
+    assert!(load(&warm, "smollm2-135m").0 > 0.0);
+}

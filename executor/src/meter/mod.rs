@@ -62,18 +62,35 @@ pub fn for_device(device: &str, active_w: f64) -> Box<dyn Meter> {
     {
         match Nvml::open(ordinal) {
             Ok(m) => return Box::new(m),
-            Err(e) => tracing::info!(device, error = %e, "no NVML; energy will be estimated"),
+            Err(e) => once(
+                device,
+                || tracing::info!(device, error = %e, "no NVML; energy will be estimated"),
+            ),
         }
         return Box::new(Estimate::wall(active_w));
     }
     if device == "cpu" {
         match Rapl::open(rapl::POWERCAP) {
             Ok(m) => return Box::new(m),
-            Err(e) => tracing::info!(device, error = %e, "no RAPL; energy will be estimated"),
+            Err(e) => once(
+                device,
+                || tracing::info!(device, error = %e, "no RAPL; energy will be estimated"),
+            ),
         }
         return Box::new(Estimate::cpu(active_w));
     }
     Box::new(Estimate::wall(active_w))
+}
+
+/// Says something about a device once per process: a server or benchmark opens a meter per
+/// run, and the same "no counter here" line every run is noise.
+fn once(device: &str, say: impl FnOnce()) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !said.iter().any(|d| d == device) {
+        said.push(device.to_string());
+        say();
+    }
 }
 
 /// Splits a device's energy between steps that ran on it, possibly overlapping.
