@@ -3,6 +3,8 @@
 //! last position after feeding some tokens.
 
 use candle_core::quantized::gguf_file::Content;
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2};
 
@@ -12,8 +14,17 @@ use super::LocalError;
 const LLAMA_MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
 
 pub enum Engine {
+    /// joule's own forward pass (`joule-infer`): SIMD kernels, the weights memory-mapped.
+    Fast(Box<joule_infer::Model>),
+    /// candle-transformers' models: the reference the fast path is checked against, and the
+    /// path on GPUs.
     Llama(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
+}
+
+/// Which forward pass to use: `JOULE_ENGINE=reference` forces candle's, for comparison.
+pub fn reference_requested() -> bool {
+    std::env::var("JOULE_ENGINE").is_ok_and(|v| v == "reference")
 }
 
 impl Engine {
@@ -42,7 +53,42 @@ impl Engine {
         })
     }
 
+    /// Loads the weights: on the CPU through the fast path (mapping `path`) unless the
+    /// reference is requested or the file uses something the fast path lacks; otherwise
+    /// through candle, reading the tensors from `reader`.
     pub fn load<R: std::io::Read + std::io::Seek>(
+        ct: Content,
+        reader: &mut R,
+        path: &std::path::Path,
+        device: &Device,
+    ) -> Result<Self, LocalError> {
+        if device.is_cpu() && !reference_requested() {
+            match Self::load_fast(&ct, path) {
+                Ok(model) => return Ok(Self::Fast(Box::new(model))),
+                Err(joule_infer::InferError::Unsupported(what)) => {
+                    tracing::info!(path = %path.display(), what, "the fast path cannot run this model; using candle's");
+                }
+                Err(e) => return Err(LocalError::Format(e.to_string())),
+            }
+        }
+        Self::load_reference(ct, reader, device)
+    }
+
+    fn load_fast(
+        ct: &Content,
+        path: &std::path::Path,
+    ) -> Result<joule_infer::Model, joule_infer::InferError> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| joule_infer::InferError::Io(format!("{}: {e}", path.display())))?;
+        // SAFETY: model files are opened read-only and never written while in use (a fetch
+        // writes a temporary file and renames it into place).
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| joule_infer::InferError::Io(format!("{}: {e}", path.display())))?;
+        joule_infer::Model::from_content(ct, Arc::new(map), joule_infer::Kernels::detect())
+    }
+
+    /// candle's model, whatever the device.
+    pub fn load_reference<R: std::io::Read + std::io::Seek>(
         ct: Content,
         reader: &mut R,
         device: &Device,
@@ -69,8 +115,15 @@ impl Engine {
         pos: usize,
         device: &Device,
     ) -> Result<Tensor, LocalError> {
+        if let Self::Fast(m) = self {
+            let logits = m
+                .forward(tokens, pos)
+                .map_err(|e| LocalError::Format(e.to_string()))?;
+            return Ok(Tensor::from_slice(logits, logits.len(), device)?);
+        }
         let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
         let logits = match self {
+            Self::Fast(_) => unreachable!("answered above"),
             Self::Llama(m) => m.forward(&input, pos)?,
             Self::Qwen2(m) => m.forward(&input, pos)?,
         };

@@ -6,7 +6,7 @@
 //! bounded by a least-recently-used budget over loaded models' file sizes.
 
 pub mod chat;
-mod engine;
+pub mod engine;
 pub mod generate;
 pub mod tokenizer;
 
@@ -144,7 +144,7 @@ impl LoadedModel {
             name(tokenizer.eos),
         )?;
         let context = Engine::context(&content)?;
-        let engine = Engine::load(content, &mut reader, device)?;
+        let engine = Engine::load(content, &mut reader, path, device)?;
         let mut model = Self {
             id: id.to_string(),
             tokenizer,

@@ -1,0 +1,66 @@
+//! The byte layouts of the GGUF block formats the fast kernels read, mirrored from candle's
+//! (whose fields are private) and checked against them: a block read here is the same bytes
+//! candle's `BlockQ4_1` etc. would see, so the two can be compared and mixed freely.
+
+use half::f16;
+
+/// 32 weights: `d * nibble + m`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Q4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; 16],
+}
+
+/// 32 weights: `d * (nibble | fifth bit << 4) - 16 * d`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Q5_0 {
+    pub d: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; 16],
+}
+
+/// 32 values: `d * q`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Q8_0 {
+    pub d: f16,
+    pub qs: [i8; 32],
+}
+
+/// 32 values: `d * q`, with `s = d * sum(q)` for the offset of Q4_1/Q5_1 weights.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Q8_1 {
+    pub d: f16,
+    pub s: f16,
+    pub qs: [i8; 32],
+}
+
+use candle_core::quantized::k_quants as kq;
+use std::mem::{align_of, size_of};
+
+const _: () = {
+    assert!(size_of::<Q4_1>() == size_of::<kq::BlockQ4_1>());
+    assert!(size_of::<Q5_0>() == size_of::<kq::BlockQ5_0>());
+    assert!(size_of::<Q8_0>() == size_of::<kq::BlockQ8_0>());
+    assert!(size_of::<Q8_1>() == size_of::<kq::BlockQ8_1>());
+    assert!(align_of::<Q4_1>() == align_of::<kq::BlockQ4_1>());
+    assert!(align_of::<Q5_0>() == align_of::<kq::BlockQ5_0>());
+    assert!(align_of::<Q8_0>() == align_of::<kq::BlockQ8_0>());
+    assert!(align_of::<Q8_1>() == align_of::<kq::BlockQ8_1>());
+};
+
+/// Views blocks of one layout as another of the same size and alignment (candle's blocks as
+/// these mirrors).
+///
+/// # Safety
+/// `A` and `B` must be `repr(C)` plain-old-data types with identical layout.
+pub unsafe fn cast<A, B>(a: &[A]) -> &[B] {
+    assert_eq!(size_of::<A>(), size_of::<B>());
+    assert_eq!(align_of::<A>(), align_of::<B>());
+    // SAFETY: same size and alignment, and the caller promises identical plain layouts.
+    unsafe { std::slice::from_raw_parts(a.as_ptr().cast(), a.len()) }
+}
