@@ -68,7 +68,11 @@ fn generate_is_reproducible_and_reports_figures() {
         "12",
         "--system",
         "You are a helpful assistant.",
-        "What is the capital of France?",
+        // A prompt whose first answer token is no near-tie: with "What is the capital of
+        // France?" SmolLM2's top two first tokens are within 0.1 of 24, and which one wins
+        // depends on summation order (candle's own batched and token-by-token prefills differ
+        // by more than that).
+        "What is the capital city of France?",
     ];
     let (code, first, err) = run_in(&repo(), &args);
     assert_eq!(code, 0, "{err}");
@@ -97,7 +101,7 @@ fn generate_is_reproducible_and_reports_figures() {
             "12",
             "--system",
             "You are a helpful assistant.",
-            "What is the capital of France?",
+            "What is the capital city of France?",
         ],
     );
     assert_eq!(code, 0);

@@ -1,6 +1,7 @@
 //! The fast forward pass (`joule-infer`) against the reference (candle-transformers' model) on
-//! the real SmolLM2 file: the logits of a fixed prompt agree within a stated tolerance, and
-//! greedy decoding picks the same tokens, token for token. `JOULE_TEST_LARGE=1` runs the same
+//! the real SmolLM2 file: over fixed prompts, the logits agree within a stated tolerance at
+//! every step, and greedy decoding picks the same token except at near-ties (where candle does
+//! not agree with itself either). `JOULE_TEST_LARGE=1` runs the same
 //! comparison on the two Qwen models (qwen2 architecture, biases, neox rotation, K-quants).
 
 mod common;
@@ -17,8 +18,8 @@ use joule_executor::backend::local::tokenizer::Tokenizer;
 /// 8 bits the same way, but they sum attention in a different order (candle through a GEMM,
 /// the fast path head by head), and a last-bit difference before a quantisation can round an
 /// activation the other way; over the layers that moves a few logits by a few percent (measured
-/// 2026-11-24: at most 3.1% on SmolLM2, 1.6% and 2.1% on the Qwen models, 0.5% or less on
-/// average) and the greedy choice not at all.
+/// 2026-11-24 over the prompts below: at most 4.7% on SmolLM2, 3.2% and 3.9% on the Qwen
+/// models, 0.7% or less on average).
 const MAX_TOLERANCE: f32 = 0.06;
 const MEAN_TOLERANCE: f32 = 0.01;
 
@@ -62,54 +63,83 @@ fn argmax(v: &[f32]) -> u32 {
         .unwrap()
 }
 
+const PROMPTS: [&str; 4] = [
+    "<|im_start|>user\nWrite a Python function that reverses a list.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nClassify this ticket as billing, technical or account: I was charged twice.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nSummarise in one sentence: the meeting moved the launch to May and hired two engineers.<|im_end|>\n<|im_start|>assistant\n",
+];
+
+/// A greedy choice the two paths may make differently: the reference's logit for the fast
+/// path's token is within this fraction of the largest logit of its own best. candle is not
+/// that consistent with itself: the same prompt fed whole or token by token moves its top
+/// logits by up to 1% (0.25 of 24 on SmolLM2's capital-of-France prompt).
+const TIE: f32 = 0.02;
+
+/// Greedy steps (over all prompts) on which the two paths must pick the same token.
+const AGREEMENT: f64 = 0.9;
+
+/// Feeds both paths the same tokens (the reference's greedy choices) and compares each step.
 fn compare(path: &Path, steps: usize) {
     let (mut fast, mut reference, tokenizer) = engines(path);
-    let prompt = tokenizer
-        .encode("<|im_start|>user\nWrite a Python function that reverses a list.<|im_end|>\n<|im_start|>assistant\n")
-        .unwrap();
-    let (mut a, mut b) = (
-        logits(&mut fast, &prompt, 0),
-        logits(&mut reference, &prompt, 0),
-    );
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    let (mut same, mut total) = (0usize, 0usize);
     let (mut worst, mut worst_mean) = (0f32, 0f32);
-    for pos in prompt.len()..prompt.len() + steps {
-        assert_eq!(a.len(), b.len());
-        // Logits are compared centred: adding a constant to all of them changes no
-        // probability, and quantisation noise shifts them together more than apart.
-        let (ca, cb) = (centred(&a), centred(&b));
-        let scale = cb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = ca
-            .iter()
-            .zip(&cb)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        let mean = ca.iter().zip(&cb).map(|(x, y)| (x - y).abs()).sum::<f32>() / ca.len() as f32;
-        worst = worst.max(diff / scale);
-        worst_mean = worst_mean.max(mean / scale);
-        assert!(
-            diff <= MAX_TOLERANCE * scale && mean <= MEAN_TOLERANCE * scale,
-            "{}: logits differ by up to {diff}, {mean} on average (largest logit {scale}) at position {pos}",
-            path.display()
-        );
-        ta.push(argmax(&a));
-        tb.push(argmax(&b));
-        assert_eq!(ta, tb, "greedy tokens diverge at position {pos}");
-        a = logits(&mut fast, &[*ta.last().unwrap()], pos);
-        b = logits(&mut reference, &[*tb.last().unwrap()], pos);
+    for text in PROMPTS {
+        let prompt = tokenizer.encode(text).unwrap();
+        let first = logits(&mut fast, &prompt, 0);
+        let (mut a, mut b) = (first.clone(), logits(&mut reference, &prompt, 0));
+        for pos in prompt.len()..prompt.len() + steps {
+            assert_eq!(a.len(), b.len());
+            // Logits are compared centred: adding a constant to all of them changes no
+            // probability, and quantisation noise shifts them together more than apart.
+            let (ca, cb) = (centred(&a), centred(&b));
+            let scale = cb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = ca
+                .iter()
+                .zip(&cb)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            let mean =
+                ca.iter().zip(&cb).map(|(x, y)| (x - y).abs()).sum::<f32>() / ca.len() as f32;
+            worst = worst.max(diff / scale);
+            worst_mean = worst_mean.max(mean / scale);
+            assert!(
+                diff <= MAX_TOLERANCE * scale && mean <= MEAN_TOLERANCE * scale,
+                "{}: logits differ by up to {diff}, {mean} on average (largest logit {scale}) at position {pos}",
+                path.display()
+            );
+            let (ta, tb) = (argmax(&a), argmax(&b));
+            total += 1;
+            if ta == tb {
+                same += 1;
+            } else {
+                let gap = cb[tb as usize] - cb[ta as usize];
+                assert!(
+                    gap <= TIE * scale,
+                    "{}: at position {pos} the fast path picks {ta}, {gap} below the reference's {tb}: not a near-tie",
+                    path.display()
+                );
+            }
+            a = logits(&mut fast, &[tb], pos);
+            b = logits(&mut reference, &[tb], pos);
+        }
+        // A new sequence at position 0 reuses the cache and forgets the old one: the same
+        // prompt gives the same logits, bit for bit.
+        assert_eq!(logits(&mut fast, &prompt, 0), first);
     }
+    let agreement = same as f64 / total as f64;
     eprintln!(
-        "{}: {steps} greedy tokens identical; logit differences up to {worst:.2e} of the largest logit, {worst_mean:.2e} on average",
-        path.display()
+        "{}: {same} of {total} greedy tokens identical ({:.1}%), the others near-ties; logit differences up to {worst:.2e} of the largest logit, {worst_mean:.2e} on average",
+        path.display(),
+        agreement * 100.0
     );
-
-    // A new sequence at position 0 reuses the cache and forgets the old one.
-    let again = logits(&mut fast, &prompt, 0);
-    let first = logits(&mut reference, &prompt, 0);
-    assert_eq!(argmax(&again), argmax(&first));
+    assert!(
+        agreement >= AGREEMENT,
+        "only {same} of {total} greedy tokens agree"
+    );
 }
 
 #[test]
-fn smollm2_fast_path_matches_the_reference_token_for_token() {
+fn smollm2_fast_path_matches_the_reference() {
     compare(&common::smol_path(), 24);
 }
 
@@ -127,7 +157,7 @@ fn the_fast_path_refuses_a_position_that_does_not_continue_its_cache() {
 }
 
 #[test]
-fn qwen_fast_path_matches_the_reference_token_for_token() {
+fn qwen_fast_path_matches_the_reference() {
     if !std::env::var("JOULE_TEST_LARGE").is_ok_and(|v| v == "1") {
         eprintln!("skipped: set JOULE_TEST_LARGE=1 to compare the Qwen models");
         return;

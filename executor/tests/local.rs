@@ -110,7 +110,9 @@ fn a_chat_prompt_gets_a_sensible_answer() {
     let request = Request::chat(
         vec![
             Message::new("system", "You are a helpful assistant."),
-            Message::new("user", "What is the capital of France?"),
+            // "capital city": the first answer token of "What is the capital of France?" is a
+            // near-tie that summation order decides (see tests/fast_engine.rs).
+            Message::new("user", "What is the capital city of France?"),
         ],
         32,
     );
