@@ -3,16 +3,26 @@
 //! CPU time. The algorithms are ggml's, written against the same block layouts; every kernel
 //! is checked against candle's scalar reference on random blocks (`tests/kernels.rs`).
 //!
-//! Each `unsafe fn` here needs AVX2 and FMA; callers reach them only through
+//! Each `unsafe fn` here needs AVX2, FMA and F16C (AVX-512 ones also F, BW and VNNI); callers reach them only through
 //! [`super::Kernels::detect`], which checks the CPU at run time.
 
 use std::arch::x86_64::*;
 
+use half::f16;
+
 use super::blocks::{Q4_1, Q5_0, Q8_0, Q8_1};
+
+/// An f16 scale as f32 in one F16C instruction (`half`'s portable conversion is a dozen, and
+/// the kernels convert three or four per 32 weights).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn h2f(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
+}
 
 /// Eight f32 lanes summed.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum(x: __m256) -> f32 {
     let hi = _mm256_extractf128_ps(x, 1);
     let lo = _mm256_castps256_ps128(x);
@@ -25,7 +35,7 @@ fn hsum(x: __m256) -> f32 {
 /// 32 nibbles as 32 bytes: the low nibbles of the 16 bytes first, then the high ones (the
 /// order the blocks store their elements in).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
     // SAFETY: 16 readable bytes; unaligned load.
     let tmp = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
@@ -35,7 +45,7 @@ unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
 
 /// 32 bits as 32 bytes, 0xFF where the bit is set.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn bits(qh: [u8; 4]) -> __m256i {
     let x = i32::from_le_bytes(qh);
     let shuffle = _mm256_set_epi64x(
@@ -51,7 +61,7 @@ fn bits(qh: [u8; 4]) -> __m256i {
 
 /// Sums of products of unsigned bytes `a` and signed bytes `b`, as 8 f32 lanes.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_u8_i8(a: __m256i, b: __m256i) -> __m256 {
     let pairs = _mm256_maddubs_epi16(a, b);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
@@ -59,7 +69,7 @@ fn dot_u8_i8(a: __m256i, b: __m256i) -> __m256 {
 
 /// Sums of products of signed bytes, as 8 f32 lanes.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_i8_i8(a: __m256i, b: __m256i) -> __m256 {
     let ax = _mm256_sign_epi8(a, a);
     let sy = _mm256_sign_epi8(b, a);
@@ -67,7 +77,7 @@ fn dot_i8_i8(a: __m256i, b: __m256i) -> __m256 {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load32(qs: &[i8; 32]) -> __m256i {
     // SAFETY: 32 readable bytes; unaligned load.
     unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
@@ -76,15 +86,15 @@ unsafe fn load32(qs: &[i8; 32]) -> __m256i {
 /// Q4_1 weights against Q8_1 activations.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_1_q8_1(xs: &[Q4_1], ys: &[Q8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
     for (x, y) in xs.iter().zip(ys) {
-        let dx = x.d.to_f32();
-        let dy = y.d.to_f32();
-        mins += x.m.to_f32() * y.s.to_f32();
+        let dx = h2f(x.d);
+        let dy = h2f(y.d);
+        mins += h2f(x.m) * h2f(y.s);
         // SAFETY: AVX2 is enabled for this function; the loads read inside the blocks.
         let (qx, qy) = unsafe { (nibbles(&x.qs), load32(&y.qs)) };
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), dot_u8_i8(qx, qy), acc);
@@ -95,12 +105,12 @@ pub unsafe fn dot_q4_1_q8_1(xs: &[Q4_1], ys: &[Q8_1]) -> f32 {
 /// Q5_0 weights against Q8_0 activations.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q5_0_q8_0(xs: &[Q5_0], ys: &[Q8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (x, y) in xs.iter().zip(ys) {
-        let d = _mm256_set1_ps(x.d.to_f32() * y.d.to_f32());
+        let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
         // SAFETY: AVX2 is enabled for this function; the loads read inside the blocks.
         let (low, qy) = unsafe { (nibbles(&x.qs), load32(&y.qs)) };
         // The fifth bit: where it is clear the value is the nibble minus 16, i.e. the nibble
@@ -116,12 +126,12 @@ pub unsafe fn dot_q5_0_q8_0(xs: &[Q5_0], ys: &[Q8_0]) -> f32 {
 /// independent of which of candle's kernels a build picks).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_q8_0(xs: &[Q8_0], ys: &[Q8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (x, y) in xs.iter().zip(ys) {
-        let d = _mm256_set1_ps(x.d.to_f32() * y.d.to_f32());
+        let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
         // SAFETY: AVX2 is enabled for this function; the loads read inside the blocks.
         let (qx, qy) = unsafe { (load32(&x.qs), load32(&y.qs)) };
         acc = _mm256_fmadd_ps(d, dot_i8_i8(qx, qy), acc);
@@ -132,8 +142,8 @@ pub unsafe fn dot_q8_0_q8_0(xs: &[Q8_0], ys: &[Q8_0]) -> f32 {
 /// `sum(a[i] * b[i])` over f32, eight lanes at a time.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc0 = _mm256_setzero_ps();
@@ -162,8 +172,8 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// `y[i] += a * x[i]`, eight lanes at a time.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
     let av = _mm256_set1_ps(a);
@@ -189,9 +199,10 @@ pub mod avx512 {
     use std::arch::x86_64::*;
 
     use super::super::blocks::{Q4_1, Q5_0, Q8_0, Q8_1};
+    use super::h2f;
 
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     unsafe fn nibbles2(a: &[u8; 16], b: &[u8; 16]) -> __m512i {
         // SAFETY: AVX2 is enabled; each reads 16 bytes inside its block.
         let (a, b) = unsafe { (super::nibbles(a), super::nibbles(b)) };
@@ -199,7 +210,7 @@ pub mod avx512 {
     }
 
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     unsafe fn bytes2(a: &[i8; 32], b: &[i8; 32]) -> __m512i {
         // SAFETY: AVX2 is enabled; each reads 32 bytes inside its block.
         let (a, b) = unsafe { (super::load32(a), super::load32(b)) };
@@ -208,7 +219,7 @@ pub mod avx512 {
 
     /// Eight lanes of `a` then eight of `b`.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     fn scales2(a: f32, b: f32) -> __m512 {
         // (the f64x4 insert is AVX-512 F; the f32x8 one would need DQ)
         let low = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_set1_ps(a)));
@@ -222,8 +233,8 @@ pub mod avx512 {
     /// Q4_1 weights against Q8_1 activations.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F, BW and VNNI, AVX2 and FMA.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_q4_1_q8_1(xs: &[Q4_1], ys: &[Q8_1]) -> f32 {
         let n = xs.len().min(ys.len());
         let mut acc = _mm512_setzero_ps();
@@ -231,11 +242,11 @@ pub mod avx512 {
         let mut i = 0;
         while i + 2 <= n {
             let (x0, x1, y0, y1) = (&xs[i], &xs[i + 1], &ys[i], &ys[i + 1]);
-            mins += x0.m.to_f32() * y0.s.to_f32() + x1.m.to_f32() * y1.s.to_f32();
+            mins += h2f(x0.m) * h2f(y0.s) + h2f(x1.m) * h2f(y1.s);
             // SAFETY: the features are enabled for this function.
             let (qx, qy) = unsafe { (nibbles2(&x0.qs, &x1.qs), bytes2(&y0.qs, &y1.qs)) };
             let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy));
-            let d = scales2(x0.d.to_f32() * y0.d.to_f32(), x1.d.to_f32() * y1.d.to_f32());
+            let d = scales2(h2f(x0.d) * h2f(y0.d), h2f(x1.d) * h2f(y1.d));
             acc = _mm512_fmadd_ps(d, sums, acc);
             i += 2;
         }
@@ -251,8 +262,8 @@ pub mod avx512 {
     /// products go through `vpdpbusd` and 16 times the activations' sum is taken off.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F, BW and VNNI, AVX2 and FMA.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_q5_0_q8_0(xs: &[Q5_0], ys: &[Q8_0]) -> f32 {
         let n = xs.len().min(ys.len());
         let mut acc = _mm512_setzero_ps();
@@ -273,7 +284,7 @@ pub mod avx512 {
             let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
             let ysum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, qy);
             let exact = _mm512_sub_epi32(products, _mm512_mullo_epi32(ysum, sixteen));
-            let d = scales2(x0.d.to_f32() * y0.d.to_f32(), x1.d.to_f32() * y1.d.to_f32());
+            let d = scales2(h2f(x0.d) * h2f(y0.d), h2f(x1.d) * h2f(y1.d));
             acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(exact), acc);
             i += 2;
         }
@@ -288,8 +299,8 @@ pub mod avx512 {
     /// Q8_0 weights against Q8_0 activations: `|x|` against `y` with `x`'s sign.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F, BW and VNNI, AVX2 and FMA.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_q8_0_q8_0(xs: &[Q8_0], ys: &[Q8_0]) -> f32 {
         let n = xs.len().min(ys.len());
         let mut acc = _mm512_setzero_ps();
@@ -302,7 +313,7 @@ pub mod avx512 {
             let negative = _mm512_movepi8_mask(qx);
             let sy = _mm512_mask_sub_epi8(qy, negative, _mm512_setzero_si512(), qy);
             let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy));
-            let d = scales2(x0.d.to_f32() * y0.d.to_f32(), x1.d.to_f32() * y1.d.to_f32());
+            let d = scales2(h2f(x0.d) * h2f(y0.d), h2f(x1.d) * h2f(y1.d));
             acc = _mm512_fmadd_ps(d, sums, acc);
             i += 2;
         }
