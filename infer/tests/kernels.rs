@@ -54,6 +54,25 @@ fn check<T: GgmlType>(seed: u64, n: usize, fast: fn(usize, &[T], &[T::VecDotType
     );
 }
 
+/// A four-row kernel gives each row what the scalar reference gives it.
+fn check4<T: GgmlType>(seed: u64, n: usize, fast: Option<joule_infer::quant::Dot4<T>>) {
+    let Some(fast) = fast else { return };
+    let w = values(seed, n);
+    let wq = blocks::<T>(&w);
+    let acts: Vec<Vec<f32>> = (0..4).map(|t| values(seed ^ (t + 1) * 0x51ed, n)).collect();
+    let aq: Vec<Vec<T::VecDotType>> = acts.iter().map(|a| blocks::<T::VecDotType>(a)).collect();
+    let got = fast(&wq, [&aq[0], &aq[1], &aq[2], &aq[3]]);
+    for t in 0..4 {
+        let reference = T::vec_dot_unopt(n, &wq, &aq[t]);
+        assert!(
+            close(got[t], reference, magnitude(&w, &acts[t])),
+            "{:?} x4 row {t} n={n} seed={seed}: {} vs reference {reference}",
+            T::DTYPE,
+            got[t]
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -64,6 +83,8 @@ proptest! {
         check::<kq::BlockQ4_1>(seed, n, k.q4_1);
         check::<kq::BlockQ5_0>(seed, n, k.q5_0);
         check::<kq::BlockQ8_0>(seed, n, k.q8_0);
+        check4::<kq::BlockQ4_1>(seed, n, k.q4_1_x4);
+        check4::<kq::BlockQ5_0>(seed, n, k.q5_0_x4);
         let (a, b) = (values(seed, n + 7), values(seed + 1, n + 7));
         let reference: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         prop_assert!(close((k.f32)(&a, &b), reference, magnitude(&a, &b)));
@@ -133,7 +154,7 @@ fn the_tiled_parallel_product_equals_a_plain_one_for_every_format() {
         let with_candle = weight(dtype, rows, cols, 7);
         for w in [with_candle.clone(), with_candle.without_candle()] {
             let dense = w.to_f32();
-            for m in [1, 5] {
+            for m in [1, 5, 9] {
                 let x = values(11 + m as u64, m * cols);
                 let mut out = vec![0f32; m * rows];
                 w.matmul(&k, &x, m, &mut out);

@@ -237,16 +237,20 @@ impl QWeight {
         }
         match self.dtype {
             GgmlDType::F32 => matmul_f32(self, k, x, m, out),
-            GgmlDType::Q4_0 => product::<kq::BlockQ4_0>(self, x, m, out, kq::BlockQ4_0::vec_dot),
-            GgmlDType::Q4_1 => product::<kq::BlockQ4_1>(self, x, m, out, k.q4_1),
-            GgmlDType::Q5_0 => product::<kq::BlockQ5_0>(self, x, m, out, k.q5_0),
-            GgmlDType::Q5_1 => product::<kq::BlockQ5_1>(self, x, m, out, kq::BlockQ5_1::vec_dot),
-            GgmlDType::Q8_0 => product::<kq::BlockQ8_0>(self, x, m, out, k.q8_0),
-            GgmlDType::Q2K => product::<kq::BlockQ2K>(self, x, m, out, kq::BlockQ2K::vec_dot),
-            GgmlDType::Q3K => product::<kq::BlockQ3K>(self, x, m, out, kq::BlockQ3K::vec_dot),
-            GgmlDType::Q4K => product::<kq::BlockQ4K>(self, x, m, out, kq::BlockQ4K::vec_dot),
-            GgmlDType::Q5K => product::<kq::BlockQ5K>(self, x, m, out, kq::BlockQ5K::vec_dot),
-            GgmlDType::Q6K => product::<kq::BlockQ6K>(self, x, m, out, kq::BlockQ6K::vec_dot),
+            GgmlDType::Q4_0 => {
+                product::<kq::BlockQ4_0>(self, x, m, out, kq::BlockQ4_0::vec_dot, None)
+            }
+            GgmlDType::Q4_1 => product::<kq::BlockQ4_1>(self, x, m, out, k.q4_1, k.q4_1_x4),
+            GgmlDType::Q5_0 => product::<kq::BlockQ5_0>(self, x, m, out, k.q5_0, k.q5_0_x4),
+            GgmlDType::Q5_1 => {
+                product::<kq::BlockQ5_1>(self, x, m, out, kq::BlockQ5_1::vec_dot, None)
+            }
+            GgmlDType::Q8_0 => product::<kq::BlockQ8_0>(self, x, m, out, k.q8_0, None),
+            GgmlDType::Q2K => product::<kq::BlockQ2K>(self, x, m, out, kq::BlockQ2K::vec_dot, None),
+            GgmlDType::Q3K => product::<kq::BlockQ3K>(self, x, m, out, kq::BlockQ3K::vec_dot, None),
+            GgmlDType::Q4K => product::<kq::BlockQ4K>(self, x, m, out, kq::BlockQ4K::vec_dot, None),
+            GgmlDType::Q5K => product::<kq::BlockQ5K>(self, x, m, out, kq::BlockQ5K::vec_dot, None),
+            GgmlDType::Q6K => product::<kq::BlockQ6K>(self, x, m, out, kq::BlockQ6K::vec_dot, None),
             _ => unreachable!("checked by QWeight::new"),
         }
     }
@@ -260,11 +264,17 @@ fn row<T: GgmlType>(w: &QWeight, r: usize, out: &mut [f32]) {
 /// A dot product of one weight row with one quantised activation row (`n` elements).
 pub type Dot<T> = fn(usize, &[T], &[<T as GgmlType>::VecDotType]) -> f32;
 
+/// Four dot products of one weight row with four activation rows (a prefill's tokens), for
+/// kernels that unpack a weight block once for all four.
+pub type Dot4<T> = fn(&[T], [&[<T as GgmlType>::VecDotType]; 4]) -> [f32; 4];
+
 /// The dot products chosen for this CPU.
 #[derive(Clone, Copy)]
 pub struct Kernels {
     pub q4_1: Dot<kq::BlockQ4_1>,
     pub q5_0: Dot<kq::BlockQ5_0>,
+    pub q4_1_x4: Option<Dot4<kq::BlockQ4_1>>,
+    pub q5_0_x4: Option<Dot4<kq::BlockQ5_0>>,
     pub q8_0: Dot<kq::BlockQ8_0>,
     pub f32: fn(&[f32], &[f32]) -> f32,
     pub axpy: fn(f32, &[f32], &mut [f32]),
@@ -279,6 +289,8 @@ impl Kernels {
             q4_1: kq::BlockQ4_1::vec_dot_unopt,
             q5_0: kq::BlockQ5_0::vec_dot_unopt,
             q8_0: kq::BlockQ8_0::vec_dot_unopt,
+            q4_1_x4: None,
+            q5_0_x4: None,
             f32: |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum(),
             axpy: |a, x, y| y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x),
             name: "scalar",
@@ -332,6 +344,18 @@ impl Kernels {
             q4_1: |_, x, y| unsafe { x86::avx512::dot_q4_1_q8_1(cast(x), cast(y)) },
             q5_0: |_, x, y| unsafe { x86::avx512::dot_q5_0_q8_0(cast(x), cast(y)) },
             q8_0: |_, x, y| unsafe { x86::avx512::dot_q8_0_q8_0(cast(x), cast(y)) },
+            q4_1_x4: Some(|x, y| unsafe {
+                x86::avx512::dot4_q4_1_q8_1(
+                    cast(x),
+                    [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
+                )
+            }),
+            q5_0_x4: Some(|x, y| unsafe {
+                x86::avx512::dot4_q5_0_q8_0(
+                    cast(x),
+                    [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
+                )
+            }),
             name: "avx512-vnni",
             ..Self::avx2()
         }
@@ -346,6 +370,8 @@ impl Kernels {
             q4_1: |_, x, y| unsafe { x86::dot_q4_1_q8_1(cast(x), cast(y)) },
             q5_0: |_, x, y| unsafe { x86::dot_q5_0_q8_0(cast(x), cast(y)) },
             q8_0: |_, x, y| unsafe { x86::dot_q8_0_q8_0(cast(x), cast(y)) },
+            q4_1_x4: None,
+            q5_0_x4: None,
             f32: |a, b| unsafe { x86::dot_f32(a, b) },
             axpy: |a, x, y| unsafe { x86::axpy(a, x, y) },
             name: "avx2",
@@ -377,7 +403,14 @@ impl Out {
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-fn product<T: GgmlType>(w: &QWeight, x: &[f32], m: usize, out: &mut [f32], dot: Dot<T>) {
+fn product<T: GgmlType>(
+    w: &QWeight,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    dot: Dot<T>,
+    dot4: Option<Dot4<T>>,
+) {
     let (rows, cols) = (w.rows, w.cols);
     let per_row = cols / T::BLCK_SIZE;
     let weights = w.blocks::<T>();
@@ -403,8 +436,24 @@ fn product<T: GgmlType>(w: &QWeight, x: &[f32], m: usize, out: &mut [f32], dot: 
         let tile = |t: usize| {
             let r0 = t * TILE_ROWS;
             let r1 = (r0 + TILE_ROWS).min(rows);
-            for i in 0..m {
-                let a = &quantised[i * per_row..(i + 1) * per_row];
+            let act = |i: usize| &quantised[i * per_row..(i + 1) * per_row];
+            let mut first = 0;
+            if let Some(dot4) = dot4 {
+                while first + 4 <= m {
+                    let a = [act(first), act(first + 1), act(first + 2), act(first + 3)];
+                    for r in r0..r1 {
+                        let v = dot4(&weights[r * per_row..(r + 1) * per_row], a);
+                        for (j, v) in v.into_iter().enumerate() {
+                            // SAFETY: first + j < m and r < rows, inside `out`; no other task
+                            // writes (first + j, r).
+                            unsafe { *dst.at((first + j) * rows + r) = v };
+                        }
+                    }
+                    first += 4;
+                }
+            }
+            for i in first..m {
+                let a = act(i);
                 for r in r0..r1 {
                     let v = dot(cols, &weights[r * per_row..(r + 1) * per_row], a);
                     // SAFETY: i < m and r < rows, inside `out`; no other task writes (i, r).
