@@ -59,7 +59,9 @@ fn check4<T: GgmlType>(seed: u64, n: usize, fast: Option<joule_infer::quant::Dot
     let Some(fast) = fast else { return };
     let w = values(seed, n);
     let wq = blocks::<T>(&w);
-    let acts: Vec<Vec<f32>> = (0..4).map(|t| values(seed ^ ((t + 1) * 0x51ed), n)).collect();
+    let acts: Vec<Vec<f32>> = (0..4)
+        .map(|t| values(seed ^ ((t + 1) * 0x51ed), n))
+        .collect();
     let aq: Vec<Vec<T::VecDotType>> = acts.iter().map(|a| blocks::<T::VecDotType>(a)).collect();
     let got = fast(&wq, [&aq[0], &aq[1], &aq[2], &aq[3]]);
     for t in 0..4 {

@@ -37,6 +37,16 @@ fn cases(groups: &[&Group]) -> Vec<(String, String, String)> {
     out
 }
 
+/// The top of an energy axis: the largest mean with room above it.
+fn energy_axis(groups: &[&Group]) -> f64 {
+    groups
+        .iter()
+        .map(|g| g.energy_j_per_request)
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.15
+}
+
 /// Mean energy per request: a bar per policy for every workflow and the whole suite.
 pub fn energy(groups: &[Group], mode: Mode) -> Result<String, String> {
     let of: Vec<&Group> = groups.iter().filter(|g| g.mode == mode).collect();
@@ -45,12 +55,7 @@ pub fn energy(groups: &[Group], mode: Mode) -> Result<String, String> {
         .into_iter()
         .filter(|p| of.iter().any(|g| g.policy == *p))
         .collect();
-    let top = of
-        .iter()
-        .map(|g| g.energy_j_per_request)
-        .fold(0.0, f64::max)
-        .max(1e-9)
-        * 1.15;
+    let top = energy_axis(&of);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (960, 480)).into_drawing_area();
@@ -209,12 +214,7 @@ pub fn energy_quality(groups: &[Group], mode: Mode) -> Result<String, String> {
         .iter()
         .filter(|g| g.mode == mode && g.workflow != SUITE)
         .collect();
-    let top = of
-        .iter()
-        .map(|g| g.energy_j_per_request)
-        .fold(0.0, f64::max)
-        .max(1e-9)
-        * 1.15;
+    let top = energy_axis(&of);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 480)).into_drawing_area();

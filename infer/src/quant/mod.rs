@@ -299,20 +299,7 @@ impl Kernels {
 
     /// The fastest kernels this CPU runs.
     pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
-            if std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vnni")
-            {
-                return Self::avx512();
-            }
-            return Self::avx2();
-        }
-        Self::scalar()
+        Self::available()[0]
     }
 
     /// Every kernel set this CPU can run, fastest first (for tests and benchmarks).
