@@ -101,6 +101,31 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    #[test]
+    fn simd_quantisers_write_what_candle_writes(seed in any::<u64>(), blocks in 1usize..16) {
+        let mut x = values(seed, blocks * 32);
+        // Exact halves after scaling, where rounding conventions differ: 127 * j / (2 * 127).
+        x[0] = 1.0;
+        x[1] = 0.5 / 127.0;
+        x[2] = -1.5 / 127.0;
+        for k in Kernels::available() {
+            if let Some(f) = k.to_q8_0 {
+                let mut got = vec![kq::BlockQ8_0::zeros(); blocks];
+                f(&x, &mut got);
+                prop_assert_eq!(got, self::blocks::<kq::BlockQ8_0>(&x));
+            }
+            if let Some(f) = k.to_q8_1 {
+                let mut got = vec![kq::BlockQ8_1::zeros(); blocks];
+                f(&x, &mut got);
+                prop_assert_eq!(got, self::blocks::<kq::BlockQ8_1>(&x));
+            }
+        }
+    }
+}
+
 #[test]
 fn this_machine_gets_the_simd_kernels_where_it_has_them() {
     let names: Vec<&str> = Kernels::available().iter().map(|k| k.name).collect();

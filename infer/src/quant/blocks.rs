@@ -53,6 +53,17 @@ const _: () = {
     assert!(align_of::<Q8_1>() == align_of::<kq::BlockQ8_1>());
 };
 
+/// [`cast`] for a mutable slice.
+///
+/// # Safety
+/// As for [`cast`].
+pub unsafe fn cast_mut<A, B>(a: &mut [A]) -> &mut [B] {
+    assert_eq!(size_of::<A>(), size_of::<B>());
+    assert_eq!(align_of::<A>(), align_of::<B>());
+    // SAFETY: as in `cast`.
+    unsafe { std::slice::from_raw_parts_mut(a.as_mut_ptr().cast(), a.len()) }
+}
+
 /// Views blocks of one layout as another of the same size and alignment (candle's blocks as
 /// these mirrors).
 ///

@@ -238,19 +238,29 @@ impl QWeight {
         match self.dtype {
             GgmlDType::F32 => matmul_f32(self, k, x, m, out),
             GgmlDType::Q4_0 => {
-                product::<kq::BlockQ4_0>(self, x, m, out, kq::BlockQ4_0::vec_dot, None)
+                product::<kq::BlockQ4_0>(self, k, x, m, out, kq::BlockQ4_0::vec_dot, None)
             }
-            GgmlDType::Q4_1 => product::<kq::BlockQ4_1>(self, x, m, out, k.q4_1, k.q4_1_x4),
-            GgmlDType::Q5_0 => product::<kq::BlockQ5_0>(self, x, m, out, k.q5_0, k.q5_0_x4),
+            GgmlDType::Q4_1 => product::<kq::BlockQ4_1>(self, k, x, m, out, k.q4_1, k.q4_1_x4),
+            GgmlDType::Q5_0 => product::<kq::BlockQ5_0>(self, k, x, m, out, k.q5_0, k.q5_0_x4),
             GgmlDType::Q5_1 => {
-                product::<kq::BlockQ5_1>(self, x, m, out, kq::BlockQ5_1::vec_dot, None)
+                product::<kq::BlockQ5_1>(self, k, x, m, out, kq::BlockQ5_1::vec_dot, None)
             }
-            GgmlDType::Q8_0 => product::<kq::BlockQ8_0>(self, x, m, out, k.q8_0, None),
-            GgmlDType::Q2K => product::<kq::BlockQ2K>(self, x, m, out, kq::BlockQ2K::vec_dot, None),
-            GgmlDType::Q3K => product::<kq::BlockQ3K>(self, x, m, out, kq::BlockQ3K::vec_dot, None),
-            GgmlDType::Q4K => product::<kq::BlockQ4K>(self, x, m, out, kq::BlockQ4K::vec_dot, None),
-            GgmlDType::Q5K => product::<kq::BlockQ5K>(self, x, m, out, kq::BlockQ5K::vec_dot, None),
-            GgmlDType::Q6K => product::<kq::BlockQ6K>(self, x, m, out, kq::BlockQ6K::vec_dot, None),
+            GgmlDType::Q8_0 => product::<kq::BlockQ8_0>(self, k, x, m, out, k.q8_0, None),
+            GgmlDType::Q2K => {
+                product::<kq::BlockQ2K>(self, k, x, m, out, kq::BlockQ2K::vec_dot, None)
+            }
+            GgmlDType::Q3K => {
+                product::<kq::BlockQ3K>(self, k, x, m, out, kq::BlockQ3K::vec_dot, None)
+            }
+            GgmlDType::Q4K => {
+                product::<kq::BlockQ4K>(self, k, x, m, out, kq::BlockQ4K::vec_dot, None)
+            }
+            GgmlDType::Q5K => {
+                product::<kq::BlockQ5K>(self, k, x, m, out, kq::BlockQ5K::vec_dot, None)
+            }
+            GgmlDType::Q6K => {
+                product::<kq::BlockQ6K>(self, k, x, m, out, kq::BlockQ6K::vec_dot, None)
+            }
             _ => unreachable!("checked by QWeight::new"),
         }
     }
@@ -275,6 +285,9 @@ pub struct Kernels {
     pub q5_0: Dot<kq::BlockQ5_0>,
     pub q4_1_x4: Option<Dot4<kq::BlockQ4_1>>,
     pub q5_0_x4: Option<Dot4<kq::BlockQ5_0>>,
+    /// Activation quantisers that write what candle's `from_float` writes, faster.
+    pub to_q8_0: Option<fn(&[f32], &mut [kq::BlockQ8_0])>,
+    pub to_q8_1: Option<fn(&[f32], &mut [kq::BlockQ8_1])>,
     pub q8_0: Dot<kq::BlockQ8_0>,
     pub f32: fn(&[f32], &[f32]) -> f32,
     pub axpy: fn(f32, &[f32], &mut [f32]),
@@ -291,6 +304,8 @@ impl Kernels {
             q8_0: kq::BlockQ8_0::vec_dot_unopt,
             q4_1_x4: None,
             q5_0_x4: None,
+            to_q8_0: None,
+            to_q8_1: None,
             f32: |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum(),
             axpy: |a, x, y| y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x),
             name: "scalar",
@@ -343,6 +358,8 @@ impl Kernels {
                     [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
                 )
             }),
+            to_q8_0: Some(|x, y| unsafe { x86::avx512::quantize_q8_0(x, blocks::cast_mut(y)) }),
+            to_q8_1: Some(|x, y| unsafe { x86::avx512::quantize_q8_1(x, blocks::cast_mut(y)) }),
             name: "avx512-vnni",
             ..Self::avx2()
         }
@@ -359,6 +376,8 @@ impl Kernels {
             q8_0: |_, x, y| unsafe { x86::dot_q8_0_q8_0(cast(x), cast(y)) },
             q4_1_x4: None,
             q5_0_x4: None,
+            to_q8_0: None,
+            to_q8_1: None,
             f32: |a, b| unsafe { x86::dot_f32(a, b) },
             axpy: |a, x, y| unsafe { x86::axpy(a, x, y) },
             name: "avx2",
@@ -390,8 +409,26 @@ impl Out {
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+/// Quantises one activation row the way candle does, with this CPU's quantiser when it has one.
+fn quantise<V: GgmlType>(k: &Kernels, x: &[f32], q: &mut [V]) {
+    // SAFETY (both casts): candle's one block type of each format is the one cast to (and
+    // `cast_mut` checks size and alignment).
+    if V::DTYPE == GgmlDType::Q8_0
+        && let Some(f) = k.to_q8_0
+    {
+        return f(x, unsafe { blocks::cast_mut(q) });
+    }
+    if V::DTYPE == GgmlDType::Q8_1
+        && let Some(f) = k.to_q8_1
+    {
+        return f(x, unsafe { blocks::cast_mut(q) });
+    }
+    V::from_float(x, q);
+}
+
 fn product<T: GgmlType>(
     w: &QWeight,
+    k: &Kernels,
     x: &[f32],
     m: usize,
     out: &mut [f32],
@@ -412,7 +449,8 @@ fn product<T: GgmlType>(
         let quantised: &mut [T::VecDotType] =
             unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast(), m * per_row) };
         for i in 0..m {
-            T::VecDotType::from_float(
+            quantise::<T::VecDotType>(
+                k,
                 &x[i * cols..(i + 1) * cols],
                 &mut quantised[i * per_row..(i + 1) * per_row],
             );

@@ -407,4 +407,69 @@ pub mod avx512 {
         }
         out
     }
+
+    /// `f32::round` (half away from zero) of 16 lanes, exactly: truncate, then step away from
+    /// zero where the dropped fraction is at least a half.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn round_away(v: __m512) -> __m512 {
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
+        let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
+        // 1.0 with v's sign (integer ops: the float ones need AVX-512 DQ).
+        let sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN));
+        let one = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_castps_si512(_mm512_set1_ps(1.0)),
+            sign,
+        ));
+        _mm512_mask_add_ps(t, up, t, one)
+    }
+
+    /// One block of 32 values as 8-bit integers and their scale, as candle's `from_float`
+    /// computes them (the same scale, the same rounding), and the integers' sum.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn quantize_block(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
+        // SAFETY: `x` holds 32 floats; `qs` 32 bytes.
+        unsafe {
+            let a = _mm512_loadu_ps(x.as_ptr());
+            let b = _mm512_loadu_ps(x.as_ptr().add(16));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let idv = _mm512_set1_ps(id);
+            let qa = _mm512_cvtps_epi32(round_away(_mm512_mul_ps(a, idv)));
+            let qb = _mm512_cvtps_epi32(round_away(_mm512_mul_ps(b, idv)));
+            _mm_storeu_si128(qs.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(qa));
+            _mm_storeu_si128(qs.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(qb));
+            (d, _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)))
+        }
+    }
+
+    /// Activations to Q8_0 blocks, bit for bit what candle's scalar `from_float` writes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn quantize_q8_0(xs: &[f32], ys: &mut [Q8_0]) {
+        for (x, y) in xs.chunks_exact(32).zip(ys) {
+            // SAFETY: the features are enabled; each chunk has 32 floats.
+            let (d, _) = unsafe { quantize_block(x, &mut y.qs) };
+            y.d = half::f16::from_f32(d);
+        }
+    }
+
+    /// Activations to Q8_1 blocks (with `s = sum x d` rounded as candle rounds it).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn quantize_q8_1(xs: &[f32], ys: &mut [Q8_1]) {
+        for (x, y) in xs.chunks_exact(32).zip(ys) {
+            // SAFETY: the features are enabled; each chunk has 32 floats.
+            let (d, sum) = unsafe { quantize_block(x, &mut y.qs) };
+            y.d = half::f16::from_f32(d);
+            y.s = half::f16::from_f32(sum as f32) * y.d;
+        }
+    }
 }
