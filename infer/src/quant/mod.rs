@@ -278,6 +278,9 @@ pub type Dot<T> = fn(usize, &[T], &[<T as GgmlType>::VecDotType]) -> f32;
 /// kernels that unpack a weight block once for all four.
 pub type Dot4<T> = fn(&[T], [&[<T as GgmlType>::VecDotType]; 4]) -> [f32; 4];
 
+/// Quantises a row of activations into blocks.
+pub type Quantise<B> = fn(&[f32], &mut [B]);
+
 /// The dot products chosen for this CPU.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -286,8 +289,8 @@ pub struct Kernels {
     pub q4_1_x4: Option<Dot4<kq::BlockQ4_1>>,
     pub q5_0_x4: Option<Dot4<kq::BlockQ5_0>>,
     /// Activation quantisers that write what candle's `from_float` writes, faster.
-    pub to_q8_0: Option<fn(&[f32], &mut [kq::BlockQ8_0])>,
-    pub to_q8_1: Option<fn(&[f32], &mut [kq::BlockQ8_1])>,
+    pub to_q8_0: Option<Quantise<kq::BlockQ8_0>>,
+    pub to_q8_1: Option<Quantise<kq::BlockQ8_1>>,
     pub q8_0: Dot<kq::BlockQ8_0>,
     pub f32: fn(&[f32], &[f32]) -> f32,
     pub axpy: fn(f32, &[f32], &mut [f32]),
