@@ -113,14 +113,9 @@ impl Model {
     pub fn load(path: &Path, kernels: Kernels) -> Result<Self, InferError> {
         let file = std::fs::File::open(path)
             .map_err(|e| InferError::Io(format!("{}: {e}", path.display())))?;
-        let mut reader = std::io::BufReader::new(&file);
-        let ct = Content::read(&mut reader)
+        let ct = Content::read(&mut std::io::BufReader::new(file))
             .map_err(|e| InferError::Format(format!("{}: {e}", path.display())))?;
-        // SAFETY: the file is opened read-only and joule never writes model files while they
-        // are in use (a fetch writes a temporary file and renames it into place).
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| InferError::Io(format!("mapping {}: {e}", path.display())))?;
-        Self::from_content(&ct, Arc::new(map), kernels)
+        Self::from_content(&ct, crate::quant::map(path)?, kernels)
     }
 
     pub fn from_content(
@@ -183,8 +178,13 @@ impl Model {
                 storage.clone(),
                 (ct.tensor_data_offset + info.offset) as usize,
             )
-            .map_err(|e| InferError::Format(format!("`{name}`: {e}")))
+            // Keep the kind: an unsupported format sends the caller to the reference path.
+            .map_err(|e| match e {
+                InferError::Unsupported(m) => InferError::Unsupported(format!("`{name}`: {m}")),
+                e => InferError::Format(format!("`{name}`: {e}")),
+            })
         };
+        let matrix = |name: &str| tensor(name)?.batched();
         let vector = |name: &str| tensor(name).map(|t| t.to_f32());
         let optional = |name: &str| {
             ct.tensor_infos
@@ -204,17 +204,17 @@ impl Model {
             let p = |s: &str| format!("blk.{i}.{s}");
             blocks.push(Layer {
                 attn_norm: vector(&p("attn_norm.weight"))?,
-                wq: tensor(&p("attn_q.weight"))?,
-                wk: tensor(&p("attn_k.weight"))?,
-                wv: tensor(&p("attn_v.weight"))?,
+                wq: matrix(&p("attn_q.weight"))?,
+                wk: matrix(&p("attn_k.weight"))?,
+                wv: matrix(&p("attn_v.weight"))?,
                 bq: optional(&p("attn_q.bias"))?,
                 bk: optional(&p("attn_k.bias"))?,
                 bv: optional(&p("attn_v.bias"))?,
-                wo: tensor(&p("attn_output.weight"))?,
+                wo: matrix(&p("attn_output.weight"))?,
                 ffn_norm: vector(&p("ffn_norm.weight"))?,
-                gate: tensor(&p("ffn_gate.weight"))?,
-                up: tensor(&p("ffn_up.weight"))?,
-                down: tensor(&p("ffn_down.weight"))?,
+                gate: matrix(&p("ffn_gate.weight"))?,
+                up: matrix(&p("ffn_up.weight"))?,
+                down: matrix(&p("ffn_down.weight"))?,
                 keys: Vec::new(),
                 values: Vec::new(),
             });

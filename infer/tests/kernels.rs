@@ -178,8 +178,8 @@ fn the_tiled_parallel_product_equals_a_plain_one_for_every_format() {
     ] {
         // Rows not a multiple of the tile, and batches of 1 (decode) and several (prefill).
         let (rows, cols) = (45, 512);
-        let with_candle = weight(dtype, rows, cols, 7);
-        for w in [with_candle.clone(), with_candle.without_candle()] {
+        let plain = weight(dtype, rows, cols, 7);
+        for w in [plain.clone(), plain.batched().unwrap()] {
             let dense = w.to_f32();
             for m in [1, 5, 9] {
                 let x = values(11 + m as u64, m * cols);

@@ -32,6 +32,17 @@ impl Storage for memmap2::Mmap {
     }
 }
 
+/// Maps a model file read-only.
+pub fn map(path: &std::path::Path) -> Result<Arc<dyn Storage>, InferError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| InferError::Io(format!("{}: {e}", path.display())))?;
+    // SAFETY: the file is opened read-only and joule never writes model files while they are
+    // in use (a fetch writes a temporary file and renames it into place).
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| InferError::Io(format!("mapping {}: {e}", path.display())))?;
+    Ok(Arc::new(map))
+}
+
 /// Owned bytes aligned for any block type (tests, and weights converted at load).
 pub struct Aligned {
     words: Vec<u64>,
@@ -136,7 +147,7 @@ impl QWeight {
                 "tensor data at byte {start} is not aligned"
             )));
         }
-        let mut weight = Self {
+        Ok(Self {
             dtype,
             rows,
             cols,
@@ -144,25 +155,26 @@ impl QWeight {
             start,
             len,
             candle: None,
-        };
-        if candle_does_best(dtype) && rows > 1 {
+        })
+    }
+
+    /// The same weights, for products of several rows at once (prefill) too: in the formats
+    /// candle does best, candle gets its own copy to repack. Only matrices that meet batches
+    /// need it; the embeddings and the output matrix (one row at a time) are left without, so
+    /// their bytes are neither copied nor kept twice.
+    pub fn batched(mut self) -> Result<Self, InferError> {
+        if candle_does_best(self.dtype) && self.rows > 1 {
             let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                dtype,
-                weight.bytes(),
-                vec![rows, cols],
+                self.dtype,
+                self.bytes(),
+                vec![self.rows, self.cols],
                 &candle_core::Device::Cpu,
             )
             .and_then(candle_core::quantized::QMatMul::from_qtensor)
             .map_err(|e| InferError::Format(e.to_string()))?;
-            weight.candle = Some(Arc::new(q));
+            self.candle = Some(Arc::new(q));
         }
-        Ok(weight)
-    }
-
-    /// The same weights, multiplied only by this crate's kernels (for comparing the two).
-    pub fn without_candle(mut self) -> Self {
-        self.candle = None;
-        self
+        Ok(self)
     }
 
     pub fn bytes(&self) -> &[u8] {

@@ -3,7 +3,6 @@
 //! last position after feeding some tokens.
 
 use candle_core::quantized::gguf_file::Content;
-use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2};
@@ -78,13 +77,11 @@ impl Engine {
         ct: &Content,
         path: &std::path::Path,
     ) -> Result<joule_infer::Model, joule_infer::InferError> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| joule_infer::InferError::Io(format!("{}: {e}", path.display())))?;
-        // SAFETY: model files are opened read-only and never written while in use (a fetch
-        // writes a temporary file and renames it into place).
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| joule_infer::InferError::Io(format!("{}: {e}", path.display())))?;
-        joule_infer::Model::from_content(ct, Arc::new(map), joule_infer::Kernels::detect())
+        joule_infer::Model::from_content(
+            ct,
+            joule_infer::quant::map(path)?,
+            joule_infer::Kernels::detect(),
+        )
     }
 
     /// candle's model, whatever the device.
