@@ -88,16 +88,27 @@ pub fn header() -> String {
     )
 }
 
+/// The comment lines a profile file opens with, so that rewriting it keeps what its author
+/// wrote there (which machine, how it was measured) rather than a generic line.
+fn opening_comment(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .take_while(|l| l.trim_start().starts_with('#'))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n") + "\n")
+}
+
 /// Writes through a temporary file, so an interrupted write never leaves half a profile.
-/// `header` becomes the file's opening comment.
+/// The file's opening comment is kept when it has one; otherwise `header` becomes it.
 pub fn write(path: &Path, file: &ProfileFile, header: &str) -> miette::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).into_diagnostic()?;
     }
-    let text = format!(
-        "# {header}\n{}",
-        file.to_yaml().map_err(|e| miette!("{e}"))?
-    );
+    let comment = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| opening_comment(&t))
+        .unwrap_or_else(|| format!("# {header}\n"));
+    let text = format!("{comment}{}", file.to_yaml().map_err(|e| miette!("{e}"))?);
     let tmp = path.with_extension("yaml.part");
     std::fs::write(&tmp, text).into_diagnostic()?;
     std::fs::rename(&tmp, path).into_diagnostic()

@@ -1,5 +1,5 @@
 //! `joule profile` end to end on SmolLM2: it writes a profile of measured figures that the
-//! planner loads, and keeps entries it did not re-measure.
+//! planner loads, and keeps entries it did not re-measure (and the file's opening comment).
 
 mod common;
 
@@ -15,7 +15,7 @@ fn profiling_smollm2_writes_measured_figures_the_planner_uses() {
     // An earlier profile of another model: it must survive.
     std::fs::write(
         &out,
-        "name: mine\nhardware:\n  - { model: qwen2.5-coder-0.5b, device: cpu, decode_tps: { value: 9, source: measured, meter: clock } }\n",
+        "# My lab's box, measured by hand.\nname: mine\nhardware:\n  - { model: qwen2.5-coder-0.5b, device: cpu, decode_tps: { value: 9, source: measured, meter: clock } }\n",
     )
     .unwrap();
     let (code, stdout, stderr) = run_in(
@@ -45,6 +45,11 @@ fn profiling_smollm2_writes_measured_figures_the_planner_uses() {
         "progress is shown: {stderr}"
     );
 
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.starts_with("# My lab's box, measured by hand.\n"),
+        "the file's own opening comment is kept: {text}"
+    );
     let file = Profiles::load(&out).unwrap();
     assert_eq!(file.name, "mine");
     let mut profiles = Profiles::default();
