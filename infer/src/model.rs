@@ -109,13 +109,13 @@ fn meta_usize(ct: &Content, key: &str) -> Result<usize, InferError> {
 }
 
 impl Model {
-    /// Maps a GGUF file and reads its weights in place.
+    /// Loads a GGUF file (see [`crate::quant::load`]) and reads its weights in place.
     pub fn load(path: &Path, kernels: Kernels) -> Result<Self, InferError> {
         let file = std::fs::File::open(path)
             .map_err(|e| InferError::Io(format!("{}: {e}", path.display())))?;
         let ct = Content::read(&mut std::io::BufReader::new(file))
             .map_err(|e| InferError::Format(format!("{}: {e}", path.display())))?;
-        Self::from_content(&ct, crate::quant::map(path)?, kernels)
+        Self::from_content(&ct, crate::quant::load(path)?, kernels)
     }
 
     pub fn from_content(

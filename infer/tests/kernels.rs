@@ -85,6 +85,8 @@ proptest! {
         check::<kq::BlockQ4_1>(seed, n, k.q4_1);
         check::<kq::BlockQ5_0>(seed, n, k.q5_0);
         check::<kq::BlockQ8_0>(seed, n, k.q8_0);
+        // K-quant blocks are 256 wide.
+        check::<kq::BlockQ4K>(seed, n.div_ceil(256) * 256, k.q4k);
         check4::<kq::BlockQ4_1>(seed, n, k.q4_1_x4);
         check4::<kq::BlockQ5_0>(seed, n, k.q5_0_x4);
         let (a, b) = (values(seed, n + 7), values(seed + 1, n + 7));

@@ -39,6 +39,26 @@ pub struct Q8_1 {
     pub qs: [i8; 32],
 }
 
+/// 256 weights in eight sub-blocks of 32: `d * scale_j * nibble - dmin * min_j`, the eight
+/// 6-bit scales and mins packed into 12 bytes.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Q4K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub qs: [u8; 128],
+}
+
+/// 256 values: `d * q`, with the sums of each 16 for the K-quants' minimums.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Q8K {
+    pub d: f32,
+    pub qs: [i8; 256],
+    pub bsums: [i16; 16],
+}
+
 use candle_core::quantized::k_quants as kq;
 use std::mem::{align_of, size_of};
 
@@ -51,6 +71,10 @@ const _: () = {
     assert!(align_of::<Q5_0>() == align_of::<kq::BlockQ5_0>());
     assert!(align_of::<Q8_0>() == align_of::<kq::BlockQ8_0>());
     assert!(align_of::<Q8_1>() == align_of::<kq::BlockQ8_1>());
+    assert!(size_of::<Q4K>() == size_of::<kq::BlockQ4K>());
+    assert!(size_of::<Q8K>() == size_of::<kq::BlockQ8K>());
+    assert!(align_of::<Q4K>() == align_of::<kq::BlockQ4K>());
+    assert!(align_of::<Q8K>() == align_of::<kq::BlockQ8K>());
 };
 
 /// [`cast`] for a mutable slice.

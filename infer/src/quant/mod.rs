@@ -1,5 +1,5 @@
-//! Quantized weight matrices read in place from the memory-mapped GGUF file, and the products
-//! of activations with them.
+//! Quantized weight matrices read in place from the loaded GGUF file ([`load`]), and the
+//! products of activations with them.
 //!
 //! A product quantises the activations once (to the format the weights' dot product wants,
 //! exactly as candle and ggml do), then splits the weight rows into tiles spread over the
@@ -9,8 +9,11 @@
 //! candle's own for the others (its Q4_0, Q4_K and Q6_K paths are already vectorised).
 
 pub mod blocks;
+mod storage;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+
+pub use storage::{Aligned, Residence, Storage, huge_pages_offered, load, load_as};
 
 use std::cell::RefCell;
 use std::mem::{align_of, size_of};
@@ -20,55 +23,6 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::k_quants::{self as kq, GgmlType};
 
 use crate::InferError;
-
-/// Bytes that outlive every view of them: a memory-mapped file, or an aligned buffer.
-pub trait Storage: Send + Sync {
-    fn bytes(&self) -> &[u8];
-}
-
-impl Storage for memmap2::Mmap {
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-}
-
-/// Maps a model file read-only.
-pub fn map(path: &std::path::Path) -> Result<Arc<dyn Storage>, InferError> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| InferError::Io(format!("{}: {e}", path.display())))?;
-    // SAFETY: the file is opened read-only and joule never writes model files while they are
-    // in use (a fetch writes a temporary file and renames it into place).
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .map_err(|e| InferError::Io(format!("mapping {}: {e}", path.display())))?;
-    Ok(Arc::new(map))
-}
-
-/// Owned bytes aligned for any block type (tests, and weights converted at load).
-pub struct Aligned {
-    words: Vec<u64>,
-    len: usize,
-}
-
-impl Aligned {
-    pub fn new(bytes: &[u8]) -> Self {
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        // SAFETY: `words` has at least `bytes.len()` bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast(), bytes.len())
-        };
-        Self {
-            words,
-            len: bytes.len(),
-        }
-    }
-}
-
-impl Storage for Aligned {
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: the words hold `len` initialised bytes.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.len) }
-    }
-}
 
 /// A `rows x cols` matrix in a GGUF block format: `rows` outputs, `cols` inputs, each row
 /// `cols / block` consecutive blocks.
@@ -264,9 +218,7 @@ impl QWeight {
             GgmlDType::Q3K => {
                 product::<kq::BlockQ3K>(self, k, x, m, out, kq::BlockQ3K::vec_dot, None)
             }
-            GgmlDType::Q4K => {
-                product::<kq::BlockQ4K>(self, k, x, m, out, kq::BlockQ4K::vec_dot, None)
-            }
+            GgmlDType::Q4K => product::<kq::BlockQ4K>(self, k, x, m, out, k.q4k, None),
             GgmlDType::Q5K => {
                 product::<kq::BlockQ5K>(self, k, x, m, out, kq::BlockQ5K::vec_dot, None)
             }
@@ -304,6 +256,7 @@ pub struct Kernels {
     pub to_q8_0: Option<Quantise<kq::BlockQ8_0>>,
     pub to_q8_1: Option<Quantise<kq::BlockQ8_1>>,
     pub q8_0: Dot<kq::BlockQ8_0>,
+    pub q4k: Dot<kq::BlockQ4K>,
     pub f32: fn(&[f32], &[f32]) -> f32,
     pub axpy: fn(f32, &[f32], &mut [f32]),
     /// `avx2` or `scalar`.
@@ -317,6 +270,7 @@ impl Kernels {
             q4_1: kq::BlockQ4_1::vec_dot_unopt,
             q5_0: kq::BlockQ5_0::vec_dot_unopt,
             q8_0: kq::BlockQ8_0::vec_dot_unopt,
+            q4k: kq::BlockQ4K::vec_dot_unopt,
             q4_1_x4: None,
             q5_0_x4: None,
             to_q8_0: None,
@@ -361,6 +315,7 @@ impl Kernels {
             q4_1: |_, x, y| unsafe { x86::avx512::dot_q4_1_q8_1(cast(x), cast(y)) },
             q5_0: |_, x, y| unsafe { x86::avx512::dot_q5_0_q8_0(cast(x), cast(y)) },
             q8_0: |_, x, y| unsafe { x86::avx512::dot_q8_0_q8_0(cast(x), cast(y)) },
+            q4k: |_, x, y| unsafe { x86::avx512::dot_q4k_q8k(cast(x), cast(y)) },
             q4_1_x4: Some(|x, y| unsafe {
                 x86::avx512::dot4_q4_1_q8_1(
                     cast(x),
@@ -389,6 +344,8 @@ impl Kernels {
             q4_1: |_, x, y| unsafe { x86::dot_q4_1_q8_1(cast(x), cast(y)) },
             q5_0: |_, x, y| unsafe { x86::dot_q5_0_q8_0(cast(x), cast(y)) },
             q8_0: |_, x, y| unsafe { x86::dot_q8_0_q8_0(cast(x), cast(y)) },
+            // candle's own AVX2 kernel (it checks the CPU itself).
+            q4k: kq::BlockQ4K::vec_dot,
             q4_1_x4: None,
             q5_0_x4: None,
             to_q8_0: None,

@@ -52,7 +52,7 @@ impl Engine {
         })
     }
 
-    /// Loads the weights: on the CPU through the fast path (mapping `path`) unless the
+    /// Loads the weights: on the CPU through the fast path (loading `path`) unless the
     /// reference is requested or the file uses something the fast path lacks; otherwise
     /// through candle, reading the tensors from `reader`.
     pub fn load<R: std::io::Read + std::io::Seek>(
@@ -77,11 +77,10 @@ impl Engine {
         ct: &Content,
         path: &std::path::Path,
     ) -> Result<joule_infer::Model, joule_infer::InferError> {
-        joule_infer::Model::from_content(
-            ct,
-            joule_infer::quant::map(path)?,
-            joule_infer::Kernels::detect(),
-        )
+        let weights = joule_infer::quant::load(path)?;
+        let kernels = joule_infer::Kernels::detect();
+        tracing::debug!(path = %path.display(), weights = %weights.residence(), kernels = kernels.name, "fast path");
+        joule_infer::Model::from_content(ct, weights, kernels)
     }
 
     /// candle's model, whatever the device.
