@@ -160,3 +160,36 @@ fn your_own_gguf_file_registers_by_path() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"model\":\"my-model\""), "{out}");
 }
+
+/// Weights copied into huge pages (the default) or mapped from the file are the same bytes,
+/// so the same answer; a misspelt choice is refused rather than silently ignored.
+#[test]
+fn weights_copied_or_mapped_give_the_same_answer() {
+    ensure_smol();
+    let generate = |weights: &str| {
+        let out = common::joule()
+            .args(["generate", "--json", "--max-tokens", "8", "Name a colour."])
+            .env("JOULE_WEIGHTS", weights)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("joule runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, copied, err) = generate("copy");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, mapped, err) = generate("mapped");
+    assert_eq!(code, Some(0), "{err}");
+    let text = |s: &str| serde_json::from_str::<Value>(s.trim()).unwrap()["text"].clone();
+    assert_eq!(text(&copied), text(&mapped));
+
+    let (code, _, err) = generate("mmap");
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("JOULE_WEIGHTS") && err.contains("mapped"),
+        "{err}"
+    );
+}

@@ -66,10 +66,19 @@ pub fn huge_pages_offered() -> bool {
 
 /// A model file's bytes, read into huge pages where the kernel offers them and mapped
 /// otherwise. `JOULE_WEIGHTS=mapped` forces the mapping (it shares the page cache between
-/// processes and loads faster, at the decoding speed above).
+/// processes and loads faster, at the decoding speed above); `copy` is the default.
 pub fn load(path: &Path) -> Result<Arc<dyn Storage>, InferError> {
-    let mapped = std::env::var("JOULE_WEIGHTS").is_ok_and(|v| v == "mapped");
-    load_as(path, !mapped)
+    let huge = match std::env::var("JOULE_WEIGHTS") {
+        Err(_) => true,
+        Ok(v) if v == "copy" => true,
+        Ok(v) if v == "mapped" => false,
+        Ok(v) => {
+            return Err(InferError::Input(format!(
+                "JOULE_WEIGHTS={v:?}: expected `copy` (into huge pages, the default) or `mapped`"
+            )));
+        }
+    };
+    load_as(path, huge)
 }
 
 /// [`load`], with the choice made by the caller: `huge` asks for huge pages (granted only

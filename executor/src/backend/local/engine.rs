@@ -67,7 +67,11 @@ impl Engine {
                 Err(joule_infer::InferError::Unsupported(what)) => {
                     tracing::info!(path = %path.display(), what, "the fast path cannot run this model; using candle's");
                 }
-                Err(e) => return Err(LocalError::Format(e.to_string())),
+                Err(e @ joule_infer::InferError::Format(_)) => {
+                    return Err(LocalError::Format(e.to_string()));
+                }
+                // A file that cannot be read, or a bad setting: the message says which.
+                Err(e) => return Err(LocalError::Request(e.to_string())),
             }
         }
         Self::load_reference(ct, reader, device)
