@@ -5,8 +5,9 @@
 //! exactly as candle and ggml do), then splits the weight rows into tiles spread over the
 //! thread pool; each tile meets every activation row while it is in cache, so a prefill of `m`
 //! tokens reads the weights once instead of `m` times. Dot products use SIMD kernels chosen at
-//! run time: this crate's AVX2 ones for the formats candle leaves scalar (Q4_1, Q5_0, Q8_0) and
-//! candle's own for the others (its Q4_0, Q4_K and Q6_K paths are already vectorised).
+//! run time: this crate's AVX2 and AVX-512 VNNI ones for the formats candle leaves scalar
+//! (Q4_1, Q5_0, Q8_0) and, with VNNI, for Q4_K; candle's own for the others (its Q4_0, Q6_K and
+//! AVX2 Q4_K paths are already vectorised).
 
 pub mod blocks;
 mod storage;
@@ -259,7 +260,7 @@ pub struct Kernels {
     pub q4k: Dot<kq::BlockQ4K>,
     pub f32: fn(&[f32], &[f32]) -> f32,
     pub axpy: fn(f32, &[f32], &mut [f32]),
-    /// `avx2` or `scalar`.
+    /// `avx512-vnni`, `avx2` or `scalar`.
     pub name: &'static str,
 }
 
