@@ -1,25 +1,18 @@
-//! The `joule` command line. Each command lives in its own module and only parses arguments,
-//! calls the library crates and prints; no planning or execution logic lives here.
+//! The `joule` command line. Each command lives in `commands/` and only parses arguments,
+//! calls the libraries and prints; `show/` holds what every command prints the same way
+//! (errors with their source lines, progress bars, the live run display).
 
-mod audit;
-mod bench;
-mod devices;
-mod diagnostics;
-mod eval;
-mod generate;
-mod graph;
-mod models;
-mod plan;
-mod profile;
-mod progress;
-mod run;
-mod schema;
-mod serve;
-mod validate;
+mod commands;
+mod show;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use commands::{
+    audit, bench, devices, eval, generate, graph, models, plan, profile, replay, run, runs, schema,
+    serve, validate,
+};
 
 /// Plans and runs multi-step AI agent workflows under latency, energy and cost budgets.
 #[derive(Parser)]
@@ -50,9 +43,9 @@ enum Command {
     /// Finish a run that was interrupted or failed, without redoing finished steps.
     Resume(run::ResumeArgs),
     /// Re-run a recorded run from its recorded model and tool outputs, and check it reproduces.
-    Replay(run::ReplayArgs),
+    Replay(replay::Args),
     /// List and show stored runs.
-    Runs(run::RunsArgs),
+    Runs(runs::Args),
     /// Measure this machine's local models and write the profile the planner reads.
     Profile(profile::Args),
     /// Score models on each kind of task and write the quality into the machine profile.
@@ -65,18 +58,12 @@ enum Command {
     Bench(bench::Args),
 }
 
-/// A tokio runtime for the commands that do network work.
-fn runtime() -> miette::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| miette::miette!("cannot start the async runtime: {e}"))
-}
-
 /// Logs go to stderr, filtered by `RUST_LOG` (default: warnings, and joule's own info lines).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,joule=info,joule_executor=info")
+        tracing_subscriber::EnvFilter::new(
+            "warn,joule=info,joule_app=info,joule_executor=info,joule_models=info",
+        )
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -88,29 +75,30 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    let settings = match joule_app::Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => return show::diagnostics::fail(e.into()),
+    };
     let result = match cli.command {
-        Command::Validate(args) => validate::run(&args),
+        Command::Validate(args) => validate::run(&args, &settings),
         Command::Graph(args) => graph::run(&args),
-        Command::Plan(args) => plan::run(&args),
+        Command::Plan(args) => plan::run(&args, settings),
         Command::Schema => schema::run(),
-        Command::Models(args) => models::run(&args),
-        Command::Generate(args) => generate::run(&args),
-        Command::Serve(args) => serve::run(&args),
-        Command::Run(args) => run::run(&args),
-        Command::Resume(args) => run::resume(&args),
-        Command::Replay(args) => run::replay(&args),
-        Command::Runs(args) => run::runs(&args),
-        Command::Profile(args) => profile::run(&args),
+        Command::Models(args) => models::run(&args, &settings),
+        Command::Generate(args) => generate::run(&args, &settings),
+        Command::Serve(args) => serve::run(&args, &settings),
+        Command::Run(args) => run::run(&args, settings),
+        Command::Resume(args) => run::resume(&args, settings),
+        Command::Replay(args) => replay::run(&args, settings),
+        Command::Runs(args) => runs::run(&args, &settings),
+        Command::Profile(args) => profile::run(&args, settings),
         Command::Devices(args) => devices::run(&args),
-        Command::Eval(args) => eval::run(&args),
-        Command::Audit(args) => audit::run(&args),
-        Command::Bench(args) => bench::run(&args),
+        Command::Eval(args) => eval::run(&args, settings),
+        Command::Audit(args) => audit::run(&args, &settings),
+        Command::Bench(args) => bench::run(&args, settings),
     };
     match result {
         Ok(code) => code,
-        Err(report) => {
-            eprintln!("{report:?}");
-            ExitCode::from(2)
-        }
+        Err(e) => show::diagnostics::fail(e),
     }
 }

@@ -1,0 +1,216 @@
+//! Every setting joule takes from its environment, resolved once, at the edge: libraries are
+//! handed values, never read variables themselves, so a misspelt `JOULE_WEIGHTS` is one clear
+//! error at start-up rather than a surprise deep inside a load, and tests can give settings
+//! without touching the process environment.
+//!
+//! | variable | what it sets | default |
+//! | --- | --- | --- |
+//! | `JOULE_HOME` | models, evals and the run store (`runs.db`) | `~/.cache/joule` |
+//! | `JOULE_PYPI_URL` | the package index models are fetched from | PyPI |
+//! | `JOULE_PROFILES_DIR` | this machine's profiles (`joule profile`, calibration) | `$JOULE_HOME/profiles` |
+//! | `JOULE_SHIPPED_PROFILES` | `0` or `off` leaves out the shipped profile of this machine kind | on |
+//! | `JOULE_POLICY` | the operator policy file, when `--policy` is not given | none |
+//! | `JOULE_ENGINE` | `fast` (joule's CPU path) or `reference` (candle's models) | `fast` |
+//! | `JOULE_WEIGHTS` | `copy` (weights in huge pages) or `mapped` (the file mapped) | `copy` |
+//!
+//! API keys are read from the variable each catalog endpoint names (`api_key_env`), through
+//! [`Settings::var`], and never written anywhere.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use joule_models::ModelStore;
+use joule_models::local::{EngineKind, LoadOptions};
+use joule_models::store::DEFAULT_INDEX;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}={value:?}: {expected}")]
+pub struct SettingsError {
+    pub variable: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// The resolved settings of one joule process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    home: PathBuf,
+    index: String,
+    profiles_dir: PathBuf,
+    shipped_profiles: bool,
+    policy: Option<PathBuf>,
+    load: LoadOptions,
+    vars: BTreeMap<String, String>,
+}
+
+/// The calibration profile runs keep up to date, in the profiles directory.
+pub const CALIBRATION: &str = "calibration.yaml";
+
+impl Settings {
+    /// From this process's environment.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// From the given variables alone (tests give settings this way).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
+        let home = get("JOULE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| get("HOME").map(|h| Path::new(&h).join(".cache/joule")))
+            .unwrap_or_else(|| PathBuf::from(".joule"));
+        let engine = match get("JOULE_ENGINE").as_deref() {
+            None | Some("fast") => EngineKind::Fast,
+            Some("reference") => EngineKind::Reference,
+            Some(other) => {
+                return Err(SettingsError {
+                    variable: "JOULE_ENGINE",
+                    value: other.into(),
+                    expected: "expected `fast` (joule's CPU path, the default) or `reference` (candle's models)",
+                });
+            }
+        };
+        let huge_pages = match get("JOULE_WEIGHTS").as_deref() {
+            None | Some("copy") => true,
+            Some("mapped") => false,
+            Some(other) => {
+                return Err(SettingsError {
+                    variable: "JOULE_WEIGHTS",
+                    value: other.into(),
+                    expected: "expected `copy` (into huge pages, the default) or `mapped`",
+                });
+            }
+        };
+        let shipped_profiles = match get("JOULE_SHIPPED_PROFILES").as_deref() {
+            None | Some("1" | "on") => true,
+            Some("0" | "off") => false,
+            Some(other) => {
+                return Err(SettingsError {
+                    variable: "JOULE_SHIPPED_PROFILES",
+                    value: other.into(),
+                    expected: "expected `0`/`off` (leave the shipped machine profile out) or `1`/`on`",
+                });
+            }
+        };
+        Ok(Self {
+            profiles_dir: get("JOULE_PROFILES_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home.join("profiles")),
+            index: get("JOULE_PYPI_URL").unwrap_or_else(|| DEFAULT_INDEX.into()),
+            policy: get("JOULE_POLICY").map(PathBuf::from),
+            shipped_profiles,
+            load: LoadOptions { engine, huge_pages },
+            home,
+            vars,
+        })
+    }
+
+    /// Models, evals and the run store live here.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn model_store(&self) -> ModelStore {
+        ModelStore::new(&self.home, &self.index)
+    }
+
+    /// The run store unless `--store` says otherwise.
+    pub fn store_path(&self) -> PathBuf {
+        self.home.join("runs.db")
+    }
+
+    /// This machine's profiles: `joule profile` and `joule eval` write here, runs calibrate
+    /// here, and the planner reads every `*.yaml` here.
+    pub fn profiles_dir(&self) -> &Path {
+        &self.profiles_dir
+    }
+
+    pub fn calibration_path(&self) -> PathBuf {
+        self.profiles_dir.join(CALIBRATION)
+    }
+
+    /// The profile `joule profile` and `joule eval` write by default: `<host>.yaml`.
+    pub fn machine_profile_path(&self) -> PathBuf {
+        self.profiles_dir.join(format!("{}.yaml", host()))
+    }
+
+    /// Whether the shipped profile of this machine kind is merged into plans.
+    pub fn shipped_profiles(&self) -> bool {
+        self.shipped_profiles
+    }
+
+    /// The operator policy from the environment (a `--policy` flag takes precedence).
+    pub fn policy(&self) -> Option<&Path> {
+        self.policy.as_deref()
+    }
+
+    /// How local models are loaded.
+    pub fn load_options(&self) -> LoadOptions {
+        self.load
+    }
+
+    /// A variable by name: how an endpoint's API key (named by the catalog) is found.
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// This machine's name, for the name of its profile file.
+pub fn host() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .unwrap_or_else(|| "this-machine".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        Settings::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_follow_home() {
+        let s = settings(&[("HOME", "/home/a")]).unwrap();
+        assert_eq!(s.home(), Path::new("/home/a/.cache/joule"));
+        assert_eq!(s.store_path(), Path::new("/home/a/.cache/joule/runs.db"));
+        assert_eq!(s.profiles_dir(), Path::new("/home/a/.cache/joule/profiles"));
+        assert_eq!(s.load_options(), LoadOptions::default());
+        assert!(s.shipped_profiles() && s.policy().is_none());
+        let s = settings(&[("JOULE_HOME", "/j"), ("JOULE_PROFILES_DIR", "/p")]).unwrap();
+        assert_eq!(s.store_path(), Path::new("/j/runs.db"));
+        assert_eq!(s.calibration_path(), Path::new("/p/calibration.yaml"));
+    }
+
+    #[test]
+    fn a_misspelt_value_is_refused_with_the_valid_ones() {
+        for (var, bad, valid) in [
+            ("JOULE_WEIGHTS", "mmap", "mapped"),
+            ("JOULE_ENGINE", "candle", "reference"),
+            ("JOULE_SHIPPED_PROFILES", "no", "off"),
+        ] {
+            let e = settings(&[(var, bad)]).unwrap_err().to_string();
+            assert!(
+                e.contains(var) && e.contains(bad) && e.contains(valid),
+                "{e}"
+            );
+        }
+        let s = settings(&[("JOULE_WEIGHTS", "mapped"), ("JOULE_ENGINE", "reference")]).unwrap();
+        assert_eq!(
+            s.load_options(),
+            LoadOptions {
+                engine: EngineKind::Reference,
+                huge_pages: false
+            }
+        );
+    }
+}

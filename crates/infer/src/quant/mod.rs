@@ -1,0 +1,496 @@
+//! Quantized weight matrices read in place from the loaded GGUF file ([`load`]), and the
+//! products of activations with them.
+//!
+//! A product quantises the activations once (to the format the weights' dot product wants,
+//! exactly as candle and ggml do), then splits the weight rows into tiles spread over the
+//! thread pool; each tile meets every activation row while it is in cache, so a prefill of `m`
+//! tokens reads the weights once instead of `m` times. Dot products use SIMD kernels chosen at
+//! run time: this crate's AVX2 and AVX-512 VNNI ones for the formats candle leaves scalar
+//! (Q4_1, Q5_0, Q8_0) and, with VNNI, for Q4_K; candle's own for the others (its Q4_0, Q6_K and
+//! AVX2 Q4_K paths are already vectorised).
+
+pub mod blocks;
+mod storage;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+pub use storage::{Aligned, Residence, Storage, huge_pages_offered, load};
+
+use std::cell::RefCell;
+use std::mem::{align_of, size_of};
+use std::sync::Arc;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::k_quants::{self as kq, GgmlType};
+
+use crate::InferError;
+
+/// A `rows x cols` matrix in a GGUF block format: `rows` outputs, `cols` inputs, each row
+/// `cols / block` consecutive blocks.
+#[derive(Clone)]
+pub struct QWeight {
+    pub dtype: GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    storage: Arc<dyn Storage>,
+    start: usize,
+    len: usize,
+    /// candle's own product for the formats it already does best: on CPUs with AVX512-VNNI
+    /// it repacks Q4_K, Q6_K and Q8_0 weights into tiles that one instruction multiplies 16
+    /// rows of; elsewhere its vectorised dot products are what this crate would use anyway.
+    candle: Option<Arc<candle_core::quantized::QMatMul>>,
+}
+
+/// The formats whose products go through candle (see [`QWeight`]).
+fn candle_does_best(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q8_0)
+}
+
+impl std::fmt::Debug for QWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QWeight({:?}, {}x{})", self.dtype, self.rows, self.cols)
+    }
+}
+
+/// The formats the fast path multiplies with; others are refused at load, so the caller
+/// can fall back to the reference engine.
+pub fn supported(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::F32
+            | GgmlDType::Q4_0
+            | GgmlDType::Q4_1
+            | GgmlDType::Q5_0
+            | GgmlDType::Q5_1
+            | GgmlDType::Q8_0
+            | GgmlDType::Q2K
+            | GgmlDType::Q3K
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K
+    )
+}
+
+impl QWeight {
+    /// A view of `len` bytes at `start` of `storage`.
+    pub fn new(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        storage: Arc<dyn Storage>,
+        start: usize,
+    ) -> Result<Self, InferError> {
+        if !supported(dtype) {
+            return Err(InferError::Unsupported(format!("weights in {dtype:?}")));
+        }
+        if !cols.is_multiple_of(dtype.block_size()) {
+            return Err(InferError::Format(format!(
+                "{cols} columns are not whole {dtype:?} blocks"
+            )));
+        }
+        let len = rows * cols / dtype.block_size() * dtype.type_size();
+        let bytes = storage.bytes();
+        if start + len > bytes.len() {
+            return Err(InferError::Format(format!(
+                "a {rows}x{cols} {dtype:?} tensor at byte {start} runs past the end of the file"
+            )));
+        }
+        // Every block type is 2-aligned (its f16 scale), f32 4-aligned; GGUF aligns tensor
+        // data to 32 bytes, so a misaligned tensor means a damaged file.
+        if !(bytes.as_ptr() as usize + start).is_multiple_of(4) {
+            return Err(InferError::Format(format!(
+                "tensor data at byte {start} is not aligned"
+            )));
+        }
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            storage,
+            start,
+            len,
+            candle: None,
+        })
+    }
+
+    /// The same weights, for products of several rows at once (prefill) too: in the formats
+    /// candle does best, candle gets its own copy to repack. Only matrices that meet batches
+    /// need it; the embeddings and the output matrix (one row at a time) are left without, so
+    /// their bytes are neither copied nor kept twice.
+    pub fn batched(mut self) -> Result<Self, InferError> {
+        if candle_does_best(self.dtype) && self.rows > 1 {
+            let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                self.dtype,
+                self.bytes(),
+                vec![self.rows, self.cols],
+                &candle_core::Device::Cpu,
+            )
+            .and_then(candle_core::quantized::QMatMul::from_qtensor)
+            .map_err(|e| InferError::Format(e.to_string()))?;
+            self.candle = Some(Arc::new(q));
+        }
+        Ok(self)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.storage.bytes()[self.start..self.start + self.len]
+    }
+
+    fn blocks<T>(&self) -> &[T] {
+        let bytes = self.bytes();
+        debug_assert_eq!(bytes.len() % size_of::<T>(), 0);
+        debug_assert_eq!(bytes.as_ptr() as usize % align_of::<T>(), 0);
+        // SAFETY: `new` checked the size (rows x blocks x type size) and alignment (4, which
+        // covers every block type); the blocks are plain old data.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / size_of::<T>()) }
+    }
+
+    /// Row `r` as f32 (an embedding lookup).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let out = &mut out[..self.cols];
+        match self.dtype {
+            GgmlDType::F32 => {
+                out.copy_from_slice(&self.blocks::<f32>()[r * self.cols..][..self.cols])
+            }
+            GgmlDType::Q4_0 => row::<kq::BlockQ4_0>(self, r, out),
+            GgmlDType::Q4_1 => row::<kq::BlockQ4_1>(self, r, out),
+            GgmlDType::Q5_0 => row::<kq::BlockQ5_0>(self, r, out),
+            GgmlDType::Q5_1 => row::<kq::BlockQ5_1>(self, r, out),
+            GgmlDType::Q8_0 => row::<kq::BlockQ8_0>(self, r, out),
+            GgmlDType::Q2K => row::<kq::BlockQ2K>(self, r, out),
+            GgmlDType::Q3K => row::<kq::BlockQ3K>(self, r, out),
+            GgmlDType::Q4K => row::<kq::BlockQ4K>(self, r, out),
+            GgmlDType::Q5K => row::<kq::BlockQ5K>(self, r, out),
+            GgmlDType::Q6K => row::<kq::BlockQ6K>(self, r, out),
+            _ => unreachable!("checked by QWeight::new"),
+        }
+    }
+
+    /// The whole matrix as f32, row after row (norm weights and biases are small vectors).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            self.row(r, &mut out[r * self.cols..]);
+        }
+        out
+    }
+
+    /// `out[i][r] = sum_c x[i][c] * W[r][c]` for the `m` rows of `x` (`m x cols`, row-major);
+    /// `out` is `m x rows`.
+    pub fn matmul(&self, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
+        assert!(x.len() >= m * self.cols && out.len() >= m * self.rows);
+        // One row (decoding) reads every weight once, so it is bound by memory: the compact
+        // blocks beat candle's repacked tiles, which are a third larger. Several rows reuse each
+        // weight, and there the tiles' one-instruction-per-16-rows products win.
+        if let Some(q) = self.candle.as_ref().filter(|_| m > 1) {
+            use candle_core::Module;
+            let product = candle_core::Tensor::from_slice(
+                &x[..m * self.cols],
+                (m, self.cols),
+                &candle_core::Device::Cpu,
+            )
+            .and_then(|t| q.forward(&t))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>());
+            match product {
+                Ok(v) => {
+                    out[..m * self.rows].copy_from_slice(&v);
+                    return;
+                }
+                // Shapes were checked at load, so this cannot happen; if it does, the
+                // crate's own kernels below give the same numbers.
+                Err(e) => debug_assert!(false, "candle's product failed: {e}"),
+            }
+        }
+        match self.dtype {
+            GgmlDType::F32 => matmul_f32(self, k, x, m, out),
+            GgmlDType::Q4_0 => {
+                product::<kq::BlockQ4_0>(self, k, x, m, out, kq::BlockQ4_0::vec_dot, None)
+            }
+            GgmlDType::Q4_1 => product::<kq::BlockQ4_1>(self, k, x, m, out, k.q4_1, k.q4_1_x4),
+            GgmlDType::Q5_0 => product::<kq::BlockQ5_0>(self, k, x, m, out, k.q5_0, k.q5_0_x4),
+            GgmlDType::Q5_1 => {
+                product::<kq::BlockQ5_1>(self, k, x, m, out, kq::BlockQ5_1::vec_dot, None)
+            }
+            GgmlDType::Q8_0 => product::<kq::BlockQ8_0>(self, k, x, m, out, k.q8_0, None),
+            GgmlDType::Q2K => {
+                product::<kq::BlockQ2K>(self, k, x, m, out, kq::BlockQ2K::vec_dot, None)
+            }
+            GgmlDType::Q3K => {
+                product::<kq::BlockQ3K>(self, k, x, m, out, kq::BlockQ3K::vec_dot, None)
+            }
+            GgmlDType::Q4K => product::<kq::BlockQ4K>(self, k, x, m, out, k.q4k, None),
+            GgmlDType::Q5K => {
+                product::<kq::BlockQ5K>(self, k, x, m, out, kq::BlockQ5K::vec_dot, None)
+            }
+            GgmlDType::Q6K => {
+                product::<kq::BlockQ6K>(self, k, x, m, out, kq::BlockQ6K::vec_dot, None)
+            }
+            _ => unreachable!("checked by QWeight::new"),
+        }
+    }
+}
+
+fn row<T: GgmlType>(w: &QWeight, r: usize, out: &mut [f32]) {
+    let per_row = w.cols / T::BLCK_SIZE;
+    T::to_float(&w.blocks::<T>()[r * per_row..(r + 1) * per_row], out);
+}
+
+/// A dot product of one weight row with one quantised activation row (`n` elements).
+pub type Dot<T> = fn(usize, &[T], &[<T as GgmlType>::VecDotType]) -> f32;
+
+/// Four dot products of one weight row with four activation rows (a prefill's tokens), for
+/// kernels that unpack a weight block once for all four.
+pub type Dot4<T> = fn(&[T], [&[<T as GgmlType>::VecDotType]; 4]) -> [f32; 4];
+
+/// Quantises a row of activations into blocks.
+pub type Quantise<B> = fn(&[f32], &mut [B]);
+
+/// The dot products chosen for this CPU.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    pub q4_1: Dot<kq::BlockQ4_1>,
+    pub q5_0: Dot<kq::BlockQ5_0>,
+    pub q4_1_x4: Option<Dot4<kq::BlockQ4_1>>,
+    pub q5_0_x4: Option<Dot4<kq::BlockQ5_0>>,
+    /// Activation quantisers that write what candle's `from_float` writes, faster.
+    pub to_q8_0: Option<Quantise<kq::BlockQ8_0>>,
+    pub to_q8_1: Option<Quantise<kq::BlockQ8_1>>,
+    pub q8_0: Dot<kq::BlockQ8_0>,
+    pub q4k: Dot<kq::BlockQ4K>,
+    pub f32: fn(&[f32], &[f32]) -> f32,
+    pub axpy: fn(f32, &[f32], &mut [f32]),
+    /// `avx512-vnni`, `avx2` or `scalar`.
+    pub name: &'static str,
+}
+
+impl Kernels {
+    /// The scalar reference code: candle's generic dot products and plain loops.
+    pub fn scalar() -> Self {
+        Self {
+            q4_1: kq::BlockQ4_1::vec_dot_unopt,
+            q5_0: kq::BlockQ5_0::vec_dot_unopt,
+            q8_0: kq::BlockQ8_0::vec_dot_unopt,
+            q4k: kq::BlockQ4K::vec_dot_unopt,
+            q4_1_x4: None,
+            q5_0_x4: None,
+            to_q8_0: None,
+            to_q8_1: None,
+            f32: |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum(),
+            axpy: |a, x, y| y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x),
+            name: "scalar",
+        }
+    }
+
+    /// The fastest kernels this CPU runs.
+    pub fn detect() -> Self {
+        Self::available()[0]
+    }
+
+    /// Every kernel set this CPU can run, fastest first (for tests and benchmarks).
+    pub fn available() -> Vec<Self> {
+        let mut all = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vnni")
+            {
+                all.push(Self::avx512());
+            }
+            all.push(Self::avx2());
+        }
+        all.push(Self::scalar());
+        all
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512() -> Self {
+        use blocks::cast;
+        // SAFETY (every closure): built only after `detect`/`available` checked AVX-512 F, BW
+        // and VNNI, AVX2 and FMA; the casts view candle's blocks as their mirrors.
+        Self {
+            q4_1: |_, x, y| unsafe { x86::avx512::dot_q4_1_q8_1(cast(x), cast(y)) },
+            q5_0: |_, x, y| unsafe { x86::avx512::dot_q5_0_q8_0(cast(x), cast(y)) },
+            q8_0: |_, x, y| unsafe { x86::avx512::dot_q8_0_q8_0(cast(x), cast(y)) },
+            q4k: |_, x, y| unsafe { x86::avx512::dot_q4k_q8k(cast(x), cast(y)) },
+            q4_1_x4: Some(|x, y| unsafe {
+                x86::avx512::dot4_q4_1_q8_1(
+                    cast(x),
+                    [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
+                )
+            }),
+            q5_0_x4: Some(|x, y| unsafe {
+                x86::avx512::dot4_q5_0_q8_0(
+                    cast(x),
+                    [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
+                )
+            }),
+            to_q8_0: Some(|x, y| unsafe { x86::avx512::quantize_q8_0(x, blocks::cast_mut(y)) }),
+            to_q8_1: Some(|x, y| unsafe { x86::avx512::quantize_q8_1(x, blocks::cast_mut(y)) }),
+            name: "avx512-vnni",
+            ..Self::avx2()
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx2() -> Self {
+        use blocks::cast;
+        // SAFETY (every closure): `detect` only builds these after checking the CPU has AVX2
+        // and FMA; the casts view candle's blocks as their byte-identical mirrors.
+        Self {
+            q4_1: |_, x, y| unsafe { x86::dot_q4_1_q8_1(cast(x), cast(y)) },
+            q5_0: |_, x, y| unsafe { x86::dot_q5_0_q8_0(cast(x), cast(y)) },
+            q8_0: |_, x, y| unsafe { x86::dot_q8_0_q8_0(cast(x), cast(y)) },
+            // candle's own AVX2 kernel (it checks the CPU itself).
+            q4k: kq::BlockQ4K::vec_dot,
+            q4_1_x4: None,
+            q5_0_x4: None,
+            to_q8_0: None,
+            to_q8_1: None,
+            f32: |a, b| unsafe { x86::dot_f32(a, b) },
+            axpy: |a, x, y| unsafe { x86::axpy(a, x, y) },
+            name: "avx2",
+        }
+    }
+}
+
+/// Weight rows per parallel task: small enough to spread a decode step's few hundred rows over
+/// the cores, large enough that a task outweighs its scheduling.
+const TILE_ROWS: usize = 16;
+
+thread_local! {
+    /// The quantised activations of the current product, reused so decoding allocates nothing.
+    static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pointer the workers write disjoint elements through.
+#[derive(Clone, Copy)]
+pub(crate) struct Out(pub(crate) *mut f32);
+
+impl Out {
+    /// The element at `i`. A method, so closures capture the whole (`Sync`) wrapper rather
+    /// than its raw pointer field.
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+// SAFETY: every (row, column) of the output is written by exactly one task.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// Quantises one activation row the way candle does, with this CPU's quantiser when it has one.
+fn quantise<V: GgmlType>(k: &Kernels, x: &[f32], q: &mut [V]) {
+    // SAFETY (both casts): candle's one block type of each format is the one cast to (and
+    // `cast_mut` checks size and alignment).
+    if V::DTYPE == GgmlDType::Q8_0
+        && let Some(f) = k.to_q8_0
+    {
+        return f(x, unsafe { blocks::cast_mut(q) });
+    }
+    if V::DTYPE == GgmlDType::Q8_1
+        && let Some(f) = k.to_q8_1
+    {
+        return f(x, unsafe { blocks::cast_mut(q) });
+    }
+    V::from_float(x, q);
+}
+
+fn product<T: GgmlType>(
+    w: &QWeight,
+    k: &Kernels,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    dot: Dot<T>,
+    dot4: Option<Dot4<T>>,
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    let per_row = cols / T::BLCK_SIZE;
+    let weights = w.blocks::<T>();
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let words = (m * per_row * size_of::<T::VecDotType>()).div_ceil(8);
+        if scratch.len() < words {
+            scratch.resize(words, 0);
+        }
+        // SAFETY: the scratch is 8-aligned (covers every activation block type) and long
+        // enough; every block is written by `from_float` before it is read.
+        let quantised: &mut [T::VecDotType] =
+            unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast(), m * per_row) };
+        for i in 0..m {
+            quantise::<T::VecDotType>(
+                k,
+                &x[i * cols..(i + 1) * cols],
+                &mut quantised[i * per_row..(i + 1) * per_row],
+            );
+        }
+        let quantised: &[T::VecDotType] = quantised;
+        let dst = Out(out.as_mut_ptr());
+        let tiles = rows.div_ceil(TILE_ROWS);
+        let tile = |t: usize| {
+            let r0 = t * TILE_ROWS;
+            let r1 = (r0 + TILE_ROWS).min(rows);
+            let act = |i: usize| &quantised[i * per_row..(i + 1) * per_row];
+            let mut first = 0;
+            if let Some(dot4) = dot4 {
+                while first + 4 <= m {
+                    let a = [act(first), act(first + 1), act(first + 2), act(first + 3)];
+                    for r in r0..r1 {
+                        let v = dot4(&weights[r * per_row..(r + 1) * per_row], a);
+                        for (j, v) in v.into_iter().enumerate() {
+                            // SAFETY: first + j < m and r < rows, inside `out`; no other task
+                            // writes (first + j, r).
+                            unsafe { *dst.at((first + j) * rows + r) = v };
+                        }
+                    }
+                    first += 4;
+                }
+            }
+            for i in first..m {
+                let a = act(i);
+                for r in r0..r1 {
+                    let v = dot(cols, &weights[r * per_row..(r + 1) * per_row], a);
+                    // SAFETY: i < m and r < rows, inside `out`; no other task writes (i, r).
+                    unsafe { *dst.at(i * rows + r) = v };
+                }
+            }
+        };
+        if tiles * m * cols < 1 << 14 {
+            (0..tiles).for_each(tile);
+        } else {
+            pool().execute_chunked(tiles, |range| range.for_each(tile));
+        }
+    });
+}
+
+fn matmul_f32(w: &QWeight, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    let weights = w.blocks::<f32>();
+    let dst = Out(out.as_mut_ptr());
+    let dot = k.f32;
+    let tile = |t: usize| {
+        let r0 = t * TILE_ROWS;
+        for i in 0..m {
+            for r in r0..(r0 + TILE_ROWS).min(rows) {
+                let v = dot(
+                    &x[i * cols..(i + 1) * cols],
+                    &weights[r * cols..(r + 1) * cols],
+                );
+                // SAFETY: as in `product`.
+                unsafe { *dst.at(i * rows + r) = v };
+            }
+        }
+    };
+    pool().execute_chunked(rows.div_ceil(TILE_ROWS), |range| range.for_each(tile));
+}
+
+/// The one pool every product and attention head runs on: candle's barrier pool (its workers
+/// plus the calling thread, as many as the cores, spinning briefly between jobs and then
+/// parking). candle's own products use it too, so the two never compete for the cores.
+pub fn pool() -> &'static candle_core::utils::BarrierPool {
+    candle_core::utils::barrier_pool()
+}

@@ -1,0 +1,10 @@
+//! joule's lab: the measuring side. [`profiler`] measures a (model, device) the way the
+//! planner's cost model reads it, [`eval`] scores models on each kind of task, [`bench`]
+//! compares joule's plans with the baselines on a suite of workflows, for real or simulated,
+//! and [`plot`] draws every chart. These are applications of the executor and the model
+//! backends, not parts of them.
+
+pub mod bench;
+pub mod eval;
+pub mod plot;
+pub mod profiler;

@@ -1,0 +1,63 @@
+//! `joule serve`: the local models behind an OpenAI-compatible HTTP API (the server itself is
+//! the `joule-serve` library; this binds it to an address until Ctrl-C).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use joule_app::{AppError, Settings};
+use joule_models::local::LocalBackend;
+
+use super::{Outcome, cancel_on_ctrl_c, runtime};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// `cpu` or `cuda:N`; the default is a GPU when joule was built with `cuda` and one is present.
+    #[arg(long)]
+    device: Option<String>,
+    /// Memory for resident models, in GB of weights; least recently used models are unloaded
+    /// beyond it.
+    #[arg(long, default_value_t = 8.0)]
+    memory_gb: f64,
+    /// A catalog file instead of the built-in one.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+}
+
+pub fn run(args: &Args, settings: &Settings) -> Outcome {
+    let catalog = joule_app::assembly::catalog(args.catalog.as_deref())?;
+    if !(args.memory_gb.is_finite() && args.memory_gb > 0.0) {
+        return Err(AppError::invalid("--memory-gb must be positive"));
+    }
+    let backend = LocalBackend::new(
+        Arc::new(catalog),
+        settings.model_store(),
+        args.device.as_deref(),
+        (args.memory_gb * 1e9) as u64,
+        settings.load_options(),
+    )
+    .map_err(|e| AppError::failed(e.to_string()))?;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .map_err(|e| AppError::failed(format!("cannot listen on {}: {e}", args.addr)))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| AppError::failed(e.to_string()))?;
+        // Tests and scripts read this line to learn the port.
+        println!(
+            "joule serve: listening on http://{local}/v1 (device {})",
+            backend.device_id()
+        );
+        let stop = cancel_on_ctrl_c("joule serve: stopping");
+        axum::serve(listener, joule_serve::router(backend))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .map_err(|e| AppError::failed(e.to_string()))?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,5 @@
+//! What every command prints the same way.
+
+pub mod diagnostics;
+pub mod events;
+pub mod progress;

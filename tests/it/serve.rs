@@ -1,0 +1,260 @@
+//! `joule serve` end to end: the real binary on a loopback port, driven by OpenAI's Python
+//! client and by plain HTTP requests, with the real SmolLM2 model.
+
+use std::process::Command;
+
+use crate::support::{repo, server};
+use serde_json::{Value, json};
+
+fn python() -> String {
+    if let Ok(p) = std::env::var("JOULE_TEST_PYTHON") {
+        return p;
+    }
+    let venv = repo().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the OpenAI client tests need Python with the `openai` package: run `scripts/ensure-deps.sh --test` (make test does) or set JOULE_TEST_PYTHON"
+    );
+    venv.display().to_string()
+}
+
+#[test]
+fn the_official_openai_client_chats_and_streams() {
+    let server = server();
+    let output = Command::new(python())
+        .arg(repo().join("tests/python/openai_client.py"))
+        .arg(format!("{}/v1", server.base))
+        .arg("smollm2-135m")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let chat = &seen["chat"];
+    assert_eq!(chat["role"], "assistant");
+    assert!(
+        chat["content"].as_str().unwrap().contains("Paris"),
+        "{chat}"
+    );
+    assert_eq!(chat["finish_reason"], "stop");
+    let (p, c) = (
+        chat["prompt_tokens"].as_u64().unwrap(),
+        chat["completion_tokens"].as_u64().unwrap(),
+    );
+    assert!(p > 10 && c > 0);
+    assert_eq!(chat["total_tokens"].as_u64().unwrap(), p + c);
+
+    // Greedy decoding: the streamed pieces join into exactly the same answer.
+    let stream = &seen["stream"];
+    let pieces: Vec<&str> = stream["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(pieces.len() > 1, "streamed in pieces: {pieces:?}");
+    assert_eq!(pieces.concat(), chat["content"].as_str().unwrap());
+    assert_eq!(stream["finish_reason"], "stop");
+    assert_eq!(stream["completion_tokens"], chat["completion_tokens"]);
+
+    let models: Vec<&str> = seen["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(
+        models.contains(&"smollm2-135m") && !models.contains(&"gpt-4o-mini"),
+        "{models:?}"
+    );
+    assert_eq!(
+        seen["unknown_model"],
+        json!({"status": 404, "code": "model_not_found"})
+    );
+}
+
+/// A client without reqwest's 30 s default timeout: on a loaded 2-core machine a queued
+/// request can legitimately take longer, and the server itself is what is under test.
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .unwrap()
+}
+
+fn post(client: &reqwest::blocking::Client, url: &str, body: &str) -> (u16, Value) {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn bad_requests_get_openai_style_json_errors() {
+    let server = server();
+    let client = http();
+    let url = format!("{}/v1/chat/completions", server.base);
+    let long = "word ".repeat(6000);
+    let over_long =
+        json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": long}]})
+            .to_string();
+    let cases = [
+        ("{not json", 400, "invalid_json"),
+        (r#"{"messages": []}"#, 400, "invalid_json"),
+        (
+            r#"{"model": "smollm2-135m", "messages": []}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            r#"{"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}"#,
+            404,
+            "model_not_found",
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}"#,
+            404,
+            "model_not_found",
+        ),
+        (
+            r#"{"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}"#,
+            400,
+            "invalid_request",
+        ),
+        (over_long.as_str(), 400, "context_length_exceeded"),
+    ];
+    for (body, status, code) in cases {
+        let (got, error) = post(&client, &url, body);
+        assert_eq!(got, status, "{body:.60}: {error}");
+        assert_eq!(error["error"]["code"], code, "{body:.60}: {error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+    }
+    let (got, error) = post(&client, &url, &"x".repeat(3 << 20));
+    assert_eq!(got, 413, "{error}");
+    assert_eq!(error["error"]["code"], "invalid_body");
+    // The server closes that connection (its unread body is still on it), so the client's next
+    // request goes out on a new one instead of failing on the old.
+    let response = client.post(&url).body("x".repeat(3 << 20)).send().unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    assert_eq!(response.headers()["connection"], "close");
+    let response = client.get(&url).send().unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response.json::<Value>().unwrap()["error"]["code"],
+        "method_not_allowed"
+    );
+    let response = client
+        .get(format!("{}/v2/nothing", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(
+        response.json::<Value>().unwrap()["error"]["code"],
+        "unknown_url"
+    );
+}
+
+#[test]
+fn concurrent_requests_queue_and_all_succeed() {
+    let server = server();
+    let url = format!("{}/v1/chat/completions", server.base);
+    let body = json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}).to_string();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, body) = (&url, &body);
+                s.spawn(move || post(&http(), url, body))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let first = &answers[0].1["choices"][0]["message"]["content"];
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(&body["choices"][0]["message"]["content"], first);
+        assert_eq!(body["joule"]["device"], "cpu");
+    }
+    // Requests after the first found the model resident, and some waited their turn.
+    assert!(
+        answers
+            .iter()
+            .filter(|(_, b)| b["joule"]["load_s"] == 0.0)
+            .count()
+            >= 2
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|(_, b)| b["joule"]["queue_s"].as_f64().unwrap() > 0.0)
+    );
+    let health: Value = http()
+        .get(format!("{}/health", server.base))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["resident"], json!(["smollm2-135m"]));
+}
+
+#[test]
+fn the_http_backend_gets_the_same_answer_as_local_inference() {
+    use joule_models::local::{Flow, LoadOptions, LocalBackend, Message, Request};
+    use joule_models::openai::wire::ChatRequest;
+    use joule_models::openai::{OpenAiBackend, RetryPolicy};
+
+    let server = server();
+    let question = "Name a fruit that is yellow.";
+    let catalog = std::sync::Arc::new(joule_planner::catalog::Catalog::builtin());
+    let local = LocalBackend::new(
+        catalog,
+        joule_app::Settings::from_env().unwrap().model_store(),
+        Some("cpu"),
+        u64::MAX,
+        LoadOptions::default(),
+    )
+    .unwrap()
+    .generate(
+        "smollm2-135m",
+        &Request::chat(vec![Message::new("user", question)], 16),
+        &mut |_| Flow::Continue,
+    )
+    .unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = OpenAiBackend::new(
+        &format!("{}/v1", server.base),
+        None,
+        RetryPolicy {
+            deadline: std::time::Duration::from_secs(900),
+            ..RetryPolicy::default()
+        },
+    )
+    .unwrap();
+    for stream in [false, true] {
+        let request = ChatRequest::user("smollm2-135m", question, 16, stream);
+        let remote = runtime
+            .block_on(backend.chat(&request, &mut |_| {}))
+            .unwrap();
+        assert_eq!(remote.text, local.text, "stream: {stream}");
+        if !stream {
+            let usage = remote.usage.unwrap();
+            assert_eq!(usage.completion_tokens as usize, local.completion_tokens);
+            assert_eq!(remote.server.unwrap().device, "cpu");
+        }
+    }
+}
