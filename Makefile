@@ -48,8 +48,9 @@ fmt:
 	$(CARGO) fmt --all
 
 bench: deps
-	$(CARGO) bench --locked
+	$(CARGO) bench --workspace --locked
 
-## All three local models of the catalog (about 1.7 GB), for benchmarks and JOULE_TEST_LARGE=1.
+## All three local models of the catalog (about 1.7 GB), for benchmarks and the ignored
+## large-model tests (`cargo test --workspace -- --ignored`).
 models: build
 	$(JOULE) models fetch
