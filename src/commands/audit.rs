@@ -44,7 +44,13 @@ pub fn run(args: &Args, settings: &Settings) -> Outcome {
         );
     } else {
         for e in &entries {
-            println!("{:>5} {:>9.3}s {:<16} {}", e.seq, e.at_s, e.kind, e.detail);
+            println!(
+                "{:>5} {:>9.3}s {:<16} {}",
+                e.seq,
+                e.at_s,
+                e.kind,
+                joule_planner::text::escape_controls(&e.detail.to_string())
+            );
         }
         println!("chain head: {}", head.as_deref().unwrap_or("(none)"));
         match &verdict {

@@ -90,7 +90,8 @@ pub fn run(args: &Args, settings: &Settings) -> super::Outcome {
     let json = args.json;
     let generation = backend
         .generate(&args.model, &request, &mut |piece| {
-            if !json && (stdout.write_all(piece.as_bytes()).is_err() || stdout.flush().is_err()) {
+            let shown = joule_planner::text::escape_controls(piece);
+            if !json && (stdout.write_all(shown.as_bytes()).is_err() || stdout.flush().is_err()) {
                 return Flow::Stop;
             }
             Flow::Continue

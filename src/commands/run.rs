@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use joule_app::runs::{self, Finished, Keep, Resumable};
 use joule_app::{AppError, Assembly, Settings};
 use joule_executor::runtime::RunStatus;
+use joule_planner::text::escape_controls;
 
 use super::{EndpointArgs, Outcome, PlanningArgs, cancel_on_ctrl_c, runtime, store_path};
 use crate::show::diagnostics::fail_as;
@@ -142,7 +143,7 @@ fn execute(assembly: &Assembly, ready: runs::Ready, out: &Output) -> Outcome {
 
 fn report(f: &Finished, out: &Output) -> Outcome {
     if let Some(Err(e)) = &f.calibration {
-        eprintln!("not calibrating: {e}");
+        eprintln!("not calibrating: {}", escape_controls(&e.to_string()));
     }
     if let Some(dir) = &out.report {
         write_report(&f.report, dir)?;
@@ -155,10 +156,8 @@ fn report(f: &Finished, out: &Output) -> Outcome {
             println!("\noutputs:");
             if let serde_json::Value::Object(o) = &f.outcome.outputs {
                 for (k, v) in o {
-                    println!(
-                        "  {k}: {}",
-                        v.as_str().map_or(v.to_string(), str::to_string)
-                    );
+                    let text = v.as_str().map_or(v.to_string(), str::to_string);
+                    println!("  {k}: {}", escape_controls(&text));
                 }
             }
         }

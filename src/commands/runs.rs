@@ -105,7 +105,7 @@ pub fn run(args: &Args, settings: &Settings) -> Outcome {
                     ),
                 }
                 if let Some(e) = stored.error {
-                    println!("error: {e}");
+                    println!("error: {}", joule_planner::text::escape_controls(&e));
                 }
             }
         }

@@ -86,12 +86,15 @@ pub fn fail(e: AppError) -> ExitCode {
         }
         AppError::Inputs(errors) => {
             for e in errors {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", joule_planner::text::escape_controls(&e));
             }
             ExitCode::FAILURE
         }
         other => {
-            eprintln!("error: {other}");
+            eprintln!(
+                "error: {}",
+                joule_planner::text::escape_controls(&other.to_string())
+            );
             ExitCode::from(2)
         }
     }

@@ -30,6 +30,7 @@ impl Display {
     }
 
     fn line(&self, text: String) {
+        let text = joule_planner::text::escape_controls(&text).into_owned();
         match &self.multi {
             Some(m) => {
                 let _ = m.println(text);

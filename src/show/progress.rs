@@ -22,6 +22,7 @@ pub fn bar(template: &str, total: u64) -> ProgressBar {
 
 /// Prints a line above the bar when it is drawn, on stderr otherwise.
 pub fn line(bar: &ProgressBar, text: &str) {
+    let text = joule_planner::text::escape_controls(text);
     if bar.is_hidden() {
         eprintln!("{text}");
     } else {

@@ -593,3 +593,45 @@ fn runs_calibrate_the_machine_profile_the_next_plan_reads() {
         );
     }
 }
+
+/// Terminal control sequences in model, tool or template output (a clipboard write, a window
+/// title, a clear screen) are shown escaped in `joule run`'s text, and kept exact in its JSON.
+#[test]
+fn control_sequences_in_outputs_are_shown_escaped_and_kept_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("hostile.yaml");
+    std::fs::write(
+        &wf,
+        r#"name: hostile
+policy: { tools: [python_tests] }
+steps:
+  say:
+    value: "\e]52;c;cHduZWQ=\a\e[2J"
+  tool:
+    tool: python_tests
+    args: { code: "print('\\x1b]0;pwned\\x07')", tests: "def test_ok(): pass" }
+outputs:
+  said: "{{ steps.say.output }}"
+  tool: "{{ steps.tool.output }}"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run_in(dir.path(), &["run", "hostile.yaml", "--no-store"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        !out.contains('\u{1b}') && !err.contains('\u{1b}'),
+        "{out:?}"
+    );
+    assert!(out.contains("\\e]52;c;cHduZWQ=\\u{7}\\e[2J"), "{out}");
+    assert!(out.contains("\\e]0;pwned"), "{out}");
+    let (code, out, err) = run_in(dir.path(), &["run", "hostile.yaml", "--no-store", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = json(&out);
+    assert_eq!(r["outputs"]["said"], "\u{1b}]52;c;cHduZWQ=\u{7}\u{1b}[2J");
+    assert!(
+        r["outputs"]["tool"]
+            .as_str()
+            .unwrap()
+            .contains("\u{1b}]0;pwned\u{7}")
+    );
+}

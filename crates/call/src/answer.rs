@@ -57,34 +57,83 @@ pub enum Layer {
     ProcessGroup,
     /// No inherited environment variables (API keys stay with joule).
     EmptyEnv,
-    /// A fresh temporary working directory.
+    /// A fresh, size-limited working directory (a tmpfs inside the box).
     Workdir,
-    /// CPU seconds, address space, file size, core dumps, processes.
+    /// CPU seconds, address space, file size, open files, core dumps, processes.
     Rlimits,
-    /// A pids cgroup of its own: an exact cap on processes (which `RLIMIT_NPROC` is not for
-    /// root), and every process in it killed at the end, even one that left the process group.
-    Cgroup,
+    /// A user namespace of its own: an unprivileged uid with no capabilities, and no way to
+    /// make further user namespaces.
+    UserNamespace,
+    /// A PID namespace of its own: it sees and signals only its own processes, and they all
+    /// end with it.
+    PidNamespace,
+    /// A mount namespace of its own with a minimal root: the system read-only, a fresh
+    /// `/proc`, a minimal `/dev`, nothing of the host's homes, `/var`, `/run` or `/sys`.
+    MountNamespace,
+    /// An IPC namespace of its own (System V IPC, POSIX message queues).
+    IpcNamespace,
+    /// A UTS namespace of its own (its host name is its own).
+    UtsNamespace,
     /// A network namespace of its own: no route anywhere, not even to the host's loopback.
     NetNamespace,
-    /// Landlock filesystem rules: read-only system paths, read-write working directory.
+    /// A cgroup of its own with an exact cap on processes, and every process in it killed at
+    /// the end, even one that left every session.
+    Cgroup,
+    /// The cgroup's memory limit on the whole box, shared memory and tmpfs included.
+    CgroupMemory,
+    /// The cgroup's CPU quota.
+    CgroupCpu,
+    /// No inherited descriptor but standard input, output and error.
+    ClosedFds,
+    /// Landlock filesystem rules: read-only system paths, read-write working directories.
     LandlockFs,
     /// Landlock network rules: no TCP bind or connect.
     LandlockNet,
     /// Landlock scopes: no signals to, or abstract sockets of, processes outside.
     LandlockScope,
-    /// The seccomp filter.
+    /// The seccomp allow-list.
     Seccomp,
 }
 
 impl Layer {
+    /// Every layer, outermost first.
+    pub const ALL: [Layer; 18] = [
+        Layer::ProcessGroup,
+        Layer::EmptyEnv,
+        Layer::Workdir,
+        Layer::Rlimits,
+        Layer::UserNamespace,
+        Layer::PidNamespace,
+        Layer::MountNamespace,
+        Layer::IpcNamespace,
+        Layer::UtsNamespace,
+        Layer::NetNamespace,
+        Layer::Cgroup,
+        Layer::CgroupMemory,
+        Layer::CgroupCpu,
+        Layer::ClosedFds,
+        Layer::LandlockFs,
+        Layer::LandlockNet,
+        Layer::LandlockScope,
+        Layer::Seccomp,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Layer::ProcessGroup => "process_group",
             Layer::EmptyEnv => "empty_env",
             Layer::Workdir => "workdir",
             Layer::Rlimits => "rlimits",
-            Layer::Cgroup => "cgroup",
+            Layer::UserNamespace => "user_namespace",
+            Layer::PidNamespace => "pid_namespace",
+            Layer::MountNamespace => "mount_namespace",
+            Layer::IpcNamespace => "ipc_namespace",
+            Layer::UtsNamespace => "uts_namespace",
             Layer::NetNamespace => "net_namespace",
+            Layer::Cgroup => "cgroup",
+            Layer::CgroupMemory => "cgroup_memory",
+            Layer::CgroupCpu => "cgroup_cpu",
+            Layer::ClosedFds => "closed_fds",
             Layer::LandlockFs => "landlock_fs",
             Layer::LandlockNet => "landlock_net",
             Layer::LandlockScope => "landlock_scope",

@@ -9,6 +9,7 @@ use std::fmt::Write;
 
 use joule_planner::plan::{Plan, format_cost, format_energy};
 use joule_planner::spec::Kind;
+use joule_planner::text::escape_controls;
 use serde::{Deserialize, Serialize};
 
 use crate::meter::Method;
@@ -144,7 +145,7 @@ impl Report {
         serde_json::to_value(self).unwrap_or_default()
     }
 
-    /// The report as a table for people.
+    /// The report as a table for people (untrusted text in it shown escaped).
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         let method = |m: Option<Method>| m.map_or("-", Method::as_str);
@@ -191,7 +192,7 @@ impl Report {
                 s.attempts,
             );
             if let Some(e) = &s.error {
-                let _ = writeln!(out, "{:id_w$}  error: {e}", "");
+                let _ = writeln!(out, "{:id_w$}  error: {}", "", escape_controls(e));
             }
         }
         let t = &self.totals;
@@ -238,7 +239,7 @@ impl Report {
             }
         );
         if let Some(e) = &self.error {
-            let _ = writeln!(out, "error: {e}");
+            let _ = writeln!(out, "error: {}", escape_controls(e));
         }
         out
     }

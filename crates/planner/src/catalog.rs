@@ -184,16 +184,30 @@ fn max_arg_bytes() -> usize {
     64 * 1024
 }
 
-/// Resource limits of one tool process (`setrlimit`), and its wall-clock limit.
+/// What one tool call may use. Every limit ends the step with an error that names it, never
+/// joule: the box enforces them (rlimits, its cgroup, its tmpfs sizes), joule counts output.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToolLimits {
+    /// CPU seconds of each process.
     pub cpu_s: u64,
+    /// Memory: each process's address space, and the whole box's (shared memory and tmpfs
+    /// included) where a cgroup can be had.
     pub memory_mb: u64,
+    /// Processes at once.
     pub processes: u64,
+    /// Largest file it may write.
     pub file_mb: u64,
+    /// Size of each scratch mount (the working directory, `/tmp`, `/dev/shm`).
+    pub disk_mb: u64,
+    /// Open files of each process.
+    pub open_files: u64,
+    /// CPUs' worth of time (a cgroup quota, where the host has the controller).
+    pub cpus: f64,
     /// Bytes of standard output kept; more is an error, not a silent cut.
     pub output_bytes: usize,
+    /// Lines of standard output; more is an error (each line may become a `for_each` item).
+    pub output_lines: usize,
     /// Wall-clock seconds when the step gives no `timeout`.
     pub timeout_s: f64,
 }
@@ -205,7 +219,11 @@ impl Default for ToolLimits {
             memory_mb: 512,
             processes: 16,
             file_mb: 16,
+            disk_mb: 64,
+            open_files: 256,
+            cpus: 1.0,
             output_bytes: 1 << 20,
+            output_lines: 10_000,
             timeout_s: 30.0,
         }
     }

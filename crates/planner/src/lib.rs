@@ -22,6 +22,7 @@ pub mod solve;
 pub mod spec;
 pub mod synth;
 pub mod template;
+pub mod text;
 
 pub use dag::{CompileContext, Dag};
 pub use diag::{ErrorCode, SourceFile, SpecError};

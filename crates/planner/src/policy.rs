@@ -34,6 +34,9 @@ pub struct OperatorPolicy {
     /// Budgets no workflow may exceed (`latency: 5m`, `energy: 20kJ`, `cost: $1`).
     #[serde(default)]
     pub max_budget: Option<MaxBudget>,
+    /// The widest `for_each` any workflow may have; a workflow's own cap is lowered to it.
+    #[serde(default)]
+    pub max_fan_out: Option<u32>,
     /// The file it came from, for messages.
     #[serde(skip)]
     pub origin: String,
@@ -65,6 +68,13 @@ impl OperatorPolicy {
                     ),
                 )]);
             }
+        }
+        if p.max_fan_out == Some(0) {
+            return Err(vec![SpecError::whole_file(
+                file.name(),
+                crate::diag::ErrorCode::InvalidValue,
+                "`max_fan_out` must be at least 1".to_string(),
+            )]);
         }
         p.budget(&Budget::default()).map_err(|m| {
             vec![SpecError::whole_file(
@@ -143,6 +153,9 @@ impl OperatorPolicy {
         if let Ok(b) = self.budget(&wf.budget) {
             wf.budget = b;
         }
+        if let Some(cap) = self.max_fan_out {
+            p.max_fan_out = p.max_fan_out.min(cap);
+        }
     }
 }
 
@@ -174,6 +187,28 @@ mod tests {
         assert_eq!(p.sandbox, ["seccomp"]);
         assert_eq!(dag.workflow.budget.latency_s, Some(60.0));
         assert_eq!(dag.workflow.budget.cost_usd, Some(0.5));
+    }
+
+    #[test]
+    fn the_fan_out_cap_is_the_lower_of_the_workflows_and_the_operators() {
+        let compile = |wf: &str, operator: Option<&str>| {
+            let ctx = CompileContext {
+                operator: operator.map(op),
+                ..CompileContext::default()
+            };
+            crate::compile_source(&SourceFile::new("w.yaml", wf), &ctx)
+                .unwrap()
+                .workflow
+                .policy
+                .max_fan_out
+        };
+        let wide = "name: w\npolicy: { max_fan_out: 5000 }\nsteps:\n  a: { prompt: hi }\n";
+        let plain = "name: w\nsteps:\n  a: { prompt: hi }\n";
+        assert_eq!(compile(plain, None), crate::spec::DEFAULT_MAX_FAN_OUT);
+        assert_eq!(compile(wide, None), 5000);
+        assert_eq!(compile(wide, Some("max_fan_out: 1000\n")), 1000);
+        assert_eq!(compile(plain, Some("max_fan_out: 10\n")), 10);
+        assert!(OperatorPolicy::parse(&SourceFile::new("o.yaml", "max_fan_out: 0\n")).is_err());
     }
 
     #[test]

@@ -324,12 +324,21 @@ impl Executor {
                         }
                     }
                 }
+                let cap = wf.policy.max_fan_out as usize;
                 let items: Option<Vec<Value>> = match &step.for_each {
                     None => None,
                     Some(t) => match scope.eval(t).and_then(|v| {
-                        v.try_iter()
-                            .map(|it| it.collect())
-                            .map_err(|_| format!("`for_each` gave {v}, which is not a list"))
+                        let items = v
+                            .try_iter()
+                            .map_err(|_| format!("`for_each` gave {v}, which is not a list"))?;
+                        // Counted before anything is kept: a flood of items costs no memory.
+                        let items: Vec<Value> = items.take(cap + 1).collect();
+                        if items.len() > cap {
+                            return Err(format!(
+                                "`for_each` gave more than {cap} items, the workflow's fan-out cap (`policy.max_fan_out`, at most what the operator policy allows)"
+                            ));
+                        }
+                        Ok(items)
                     }) {
                         Ok(items) => Some(items),
                         Err(e) => {

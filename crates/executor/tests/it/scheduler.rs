@@ -412,3 +412,53 @@ outputs:
         "the clock really ran again"
     );
 }
+
+/// A `for_each` wider than the workflow's fan-out cap fails the step, naming it, before any
+/// element runs; without a cap of its own a workflow gets the default one.
+#[tokio::test]
+async fn a_for_each_past_the_fan_out_cap_fails_naming_the_step() {
+    let catalog = catalog();
+    for (policy, items, cap) in [("policy: { max_fan_out: 100 }\n", 101, 100), ("", 300, 256)] {
+        let dag = compile(
+            &format!(
+                "name: wide\n{policy}steps:\n  many:\n    for_each: \"{{{{ range({items}) }}}}\"\n    value: \"{{{{ item }}}}\"\n"
+            ),
+            &catalog,
+        );
+        let mut events = Events::default();
+        let out = run_with(
+            Arc::new(tools(&catalog)),
+            catalog.clone(),
+            dag,
+            "cpu",
+            serde_json::json!({}),
+            &mut [&mut events],
+        )
+        .await;
+        assert_eq!(out.status, RunStatus::Failed);
+        let e = out.error.unwrap();
+        assert!(
+            e.contains("step `many`") && e.contains(&format!("more than {cap} items")),
+            "{e}"
+        );
+        assert_eq!(
+            events.count(|e| matches!(e, Event::StepEnded { ok: true, .. })),
+            0
+        );
+    }
+    // At the cap it runs.
+    let dag = compile(
+        "name: wide\npolicy: { max_fan_out: 100 }\nsteps:\n  many:\n    for_each: \"{{ range(100) }}\"\n    value: \"{{ item }}\"\n",
+        &catalog,
+    );
+    let out = run_with(
+        Arc::new(tools(&catalog)),
+        catalog,
+        dag,
+        "cpu",
+        serde_json::json!({}),
+        &mut [],
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+}

@@ -163,7 +163,13 @@ pub struct Policy {
     pub network: Vec<String>,
     /// Sandbox layers every tool step needs.
     pub sandbox: Vec<String>,
+    /// The most elements a `for_each` may fan out to; more fails the step. Each element is
+    /// a call (a process, for a tool), so an unbounded fan-out is a resource attack.
+    pub max_fan_out: u32,
 }
+
+/// A `for_each`'s cap when neither the workflow nor the operator sets one.
+pub const DEFAULT_MAX_FAN_OUT: u32 = 256;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -173,18 +179,27 @@ impl Default for Policy {
             tools: Vec::new(),
             network: Vec::new(),
             sandbox: Vec::new(),
+            max_fan_out: DEFAULT_MAX_FAN_OUT,
         }
     }
 }
 
 /// The tool sandbox's layers, by the names policies use (the executor's `sandbox::Layer`).
-pub const SANDBOX_LAYERS: [&str; 10] = [
+pub const SANDBOX_LAYERS: [&str; 18] = [
     "process_group",
     "empty_env",
     "workdir",
     "rlimits",
-    "cgroup",
+    "user_namespace",
+    "pid_namespace",
+    "mount_namespace",
+    "ipc_namespace",
+    "uts_namespace",
     "net_namespace",
+    "cgroup",
+    "cgroup_memory",
+    "cgroup_cpu",
+    "closed_fds",
     "landlock_fs",
     "landlock_net",
     "landlock_scope",
@@ -644,6 +659,20 @@ impl Checker<'_> {
                 tools,
                 network: p.network.map(strings).unwrap_or_default(),
                 sandbox: p.sandbox.map(strings).unwrap_or_default(),
+                max_fan_out: match &p.max_fan_out {
+                    Some(n) if n.value == 0 => {
+                        self.error(
+                            n,
+                            1,
+                            ErrorCode::InvalidValue,
+                            "`max_fan_out` must be at least 1".into(),
+                            "give the most elements a `for_each` may have",
+                        );
+                        DEFAULT_MAX_FAN_OUT
+                    }
+                    Some(n) => n.value,
+                    None => DEFAULT_MAX_FAN_OUT,
+                },
             }
         });
 

@@ -185,10 +185,15 @@ pub struct RawPolicy {
     #[serde(default)]
     pub network: Option<Vec<At<String>>>,
     /// Sandbox layers every tool step needs; a step fails rather than run without one
-    /// (`landlock_fs`, `landlock_net`, `landlock_scope`, `seccomp`, `net_namespace`, `cgroup`,
-    /// `rlimits`, `empty_env`, `workdir`, `process_group`).
+    /// (`user_namespace`, `pid_namespace`, `mount_namespace`, `ipc_namespace`,
+    /// `uts_namespace`, `net_namespace`, `cgroup`, `cgroup_memory`, `cgroup_cpu`,
+    /// `closed_fds`, `landlock_fs`, `landlock_net`, `landlock_scope`, `seccomp`, `rlimits`,
+    /// `empty_env`, `workdir`, `process_group`).
     #[serde(default)]
     pub sandbox: Option<Vec<At<String>>>,
+    /// The most elements a `for_each` may fan out to (default 256); more fails the step.
+    #[serde(default)]
+    pub max_fan_out: Option<At<u32>>,
 }
 
 /// One step. Exactly one of `prompt` (an llm step), `tool` (a tool step) or `value` (a pure
