@@ -5,8 +5,10 @@
 set -euo pipefail
 
 # System packages the build needs (Debian names) and a shell test that shows each is there.
-# cmake, g++ and libclang-dev build HiGHS (the MILP solver) from source through highs-sys.
+# cmake, g++ and libclang-dev build HiGHS (the MILP solver) from source through highs-sys;
+# bubblewrap builds the box every tool step runs in (joule refuses to run a tool without one).
 declare -A NEED=(
+  [bubblewrap]="command -v bwrap"
   [gcc]="command -v cc"
   [g++]="command -v c++"
   [make]="command -v make"

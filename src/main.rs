@@ -73,6 +73,13 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    // Inside a tool's box, `joule` is the inner-walls helper (see `joule_sandbox::enter`).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == joule_sandbox::enter::JOULE_SUBCOMMAND)
+    {
+        return joule_sandbox::enter::main(std::env::args_os().skip(2).collect());
+    }
     let cli = Cli::parse();
     init_tracing();
     let settings = match joule_app::Settings::from_env() {

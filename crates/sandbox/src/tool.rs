@@ -2,10 +2,10 @@
 //!
 //! A workflow only names a tool and gives its arguments; the catalog says which program runs
 //! and how the arguments become its argv. The process gets an empty environment, a fresh
-//! temporary working directory, `setrlimit` limits (CPU seconds, address space, processes,
-//! file size), its own session and process group (killed whole when the wall-clock limit
-//! passes or the run is cancelled) and the isolation layers of [`crate::isolation`]. No argument
-//! ever passes through a shell.
+//! box of [`crate::isolation`] (its own namespaces, a fresh size-limited working directory,
+//! resource limits, a cgroup, seccomp and Landlock), killed whole when the wall-clock limit
+//! passes, its output passes its limits, or the run is cancelled. No argument ever passes
+//! through a shell.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use joule_call::{Answer, Backend, Call, CallError, CallFuture, Cancel, Layer, OnTokens, Site};
-use joule_planner::catalog::{Catalog, Tool, ToolArgType, ToolLimits};
+use joule_planner::catalog::{Catalog, Tool, ToolArgType};
 use tokio::io::AsyncReadExt;
 
 use crate::isolation::{self as sandbox, Grant};
@@ -39,8 +39,15 @@ pub enum ToolError {
     },
     #[error("tool `{tool}` ran past its {seconds:.1} s limit and was killed")]
     Timeout { tool: String, seconds: f64 },
-    #[error("tool `{tool}` wrote more than {limit} bytes of output")]
-    TooMuchOutput { tool: String, limit: usize },
+    #[error("tool `{tool}` wrote more than {limit} {what} and was stopped")]
+    TooMuchOutput {
+        tool: String,
+        limit: usize,
+        /// `bytes of output`, `lines of output` or `bytes of error output`.
+        what: &'static str,
+    },
+    #[error("tool `{tool}` was killed for using more than its {limit_mb} MB of memory")]
+    Memory { tool: String, limit_mb: u64 },
     #[error("tool `{tool}` was cancelled")]
     Cancelled { tool: String },
     #[error("tool `{tool}`: {message}")]
@@ -53,6 +60,8 @@ pub enum ToolError {
         layer: String,
         why: String,
     },
+    #[error("tool `{tool}` was not started: {why}")]
+    NoBox { tool: String, why: String },
 }
 
 impl ToolError {
@@ -60,7 +69,7 @@ impl ToolError {
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
-            Self::Arguments { .. } | Self::Spawn { .. } | Self::Sandbox { .. }
+            Self::Arguments { .. } | Self::Spawn { .. } | Self::Sandbox { .. } | Self::NoBox { .. }
         )
     }
 }
@@ -215,7 +224,8 @@ pub struct Constraints {
     pub require: Vec<String>,
 }
 
-/// Runs one tool call to completion, within `timeout` (or the tool's own limit).
+/// Runs one tool call to completion in its box, within `timeout` (or the tool's own limit).
+/// Output past its limits stops the tool at once (a flood is an output error, not a timeout).
 pub async fn run(
     tool: &Tool,
     argv: &Argv,
@@ -233,12 +243,7 @@ pub async fn run(
         program: tool.program.clone(),
         message: "not found (give an absolute path in the catalog, or put it on PATH)".into(),
     })?;
-    let workdir = tempfile::Builder::new()
-        .prefix("joule-tool-")
-        .tempdir()
-        .map_err(io)?;
     let limits = tool.limits;
-    let processes = limits.processes.max(1) + running_processes();
     let grant = Grant {
         read: tool
             .read
@@ -248,13 +253,14 @@ pub async fn run(
             .collect(),
         network: tool.network && constraints.network,
     };
-    let sandbox = std::sync::Arc::new(sandbox::prepare(
-        &grant,
-        workdir.path(),
-        &program,
-        limits.processes.max(1),
-    ));
-    let in_child = sandbox.clone();
+    let sandbox = std::sync::Arc::new(
+        sandbox::prepare(&grant, &program, &argv.argv, &limits).map_err(|why| {
+            ToolError::NoBox {
+                tool: tool.name.clone(),
+                why,
+            }
+        })?,
+    );
     let layers = sandbox.layers.clone();
     for need in &constraints.require {
         if !layers.iter().any(|l| l.as_str() == need) {
@@ -270,69 +276,99 @@ pub async fn run(
             });
         }
     }
-    let mut command = tokio::process::Command::new(&program);
+    let in_child = sandbox.clone();
+    let mut command = tokio::process::Command::new(&sandbox.program);
     command
-        .args(&argv.argv)
+        .args(&sandbox.args)
         .env_clear()
-        .current_dir(workdir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     // SAFETY: the closure runs in the child between fork and exec and only makes system calls
-    // (setrlimit, setsid, unshare, prctl, landlock_restrict_self, seccomp) on values prepared
-    // in the parent; it allocates nothing.
+    // (cgroup join, setsid, setrlimit, close_range, fcntl, prctl, setresuid) on values
+    // prepared in the parent; it allocates nothing.
     unsafe {
-        command.pre_exec(move || {
-            apply_limits(&limits, processes)?;
-            sandbox::enter(&in_child)
-        });
+        command.pre_exec(move || sandbox::enter(&in_child));
     }
     let started = Instant::now();
     let cpu_before = children_cpu_s();
     let mut child = command.spawn().map_err(|e| ToolError::Spawn {
         tool: tool.name.clone(),
-        program: program.display().to_string(),
+        program: sandbox.program.display().to_string(),
         message: e.to_string(),
     })?;
     let pgid = child.id().map(|p| p as i32);
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
-    let limit = tool.limits.output_bytes;
-    let read_out = async {
-        let mut buf = Vec::new();
-        (&mut stdout)
-            .take(limit as u64 + 1)
-            .read_to_end(&mut buf)
-            .await
-            .map(|_| buf)
-    };
-    let read_err = async {
-        let mut buf = Vec::new();
-        (&mut stderr)
-            .take(16 * 1024)
-            .read_to_end(&mut buf)
-            .await
-            .map(|_| buf)
+    // Both pipes at once (a tool blocked on a full stderr pipe would otherwise never close
+    // stdout), each bounded: past a limit the tool is stopped, not waited for.
+    let pipes = async {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (mut a, mut b) = ([0u8; 8192], [0u8; 8192]);
+        let (mut out_done, mut err_done) = (false, false);
+        let (mut lines, mut err_total) = (0usize, 0usize);
+        while !(out_done && err_done) {
+            tokio::select! {
+                r = stdout.read(&mut a), if !out_done => {
+                    let n = r?;
+                    if n == 0 {
+                        out_done = true;
+                        continue;
+                    }
+                    lines += a[..n].iter().filter(|&&c| c == b'\n').count();
+                    out.extend_from_slice(&a[..n]);
+                    if out.len() > limits.output_bytes {
+                        return Ok(Err((limits.output_bytes, "bytes of output")));
+                    }
+                    if lines > limits.output_lines {
+                        return Ok(Err((limits.output_lines, "lines of output")));
+                    }
+                }
+                r = stderr.read(&mut b), if !err_done => {
+                    let n = r?;
+                    if n == 0 {
+                        err_done = true;
+                        continue;
+                    }
+                    err_total += n;
+                    let room = (16 * 1024usize).saturating_sub(err.len());
+                    err.extend_from_slice(&b[..n.min(room)]);
+                    if err_total > limits.output_bytes {
+                        return Ok(Err((limits.output_bytes, "bytes of error output")));
+                    }
+                }
+            }
+        }
+        std::io::Result::Ok(Ok((out, err)))
     };
     let wall = timeout.unwrap_or(Duration::from_secs_f64(limits.timeout_s.max(0.001)));
-    let work = async {
-        let (out, err) = tokio::join!(read_out, read_err);
-        let status = child.wait().await;
-        (out, err, status)
-    };
     let kill_group = || {
         if let Some(pgid) = pgid {
-            // SAFETY: signals the child's own process group, created by its `setsid`.
+            // SAFETY: signals bubblewrap's own process group, created by its `setsid`; the
+            // box's init dies with bubblewrap (`--die-with-parent`) and takes the box along.
             unsafe {
                 libc::kill(-pgid, libc::SIGKILL);
             }
         }
         sandbox.kill_all();
     };
+    let work = async {
+        match pipes.await {
+            Ok(Err(over)) => {
+                kill_group();
+                Err(over)
+            }
+            Ok(Ok((out, err))) => Ok((Ok(out), Ok(err), child.wait().await)),
+            Err(e) => Ok((Err(e), Ok(Vec::new()), child.wait().await)),
+        }
+    };
     let (out, err, status) = tokio::select! {
         r = tokio::time::timeout(wall, work) => match r {
-            Ok(r) => r,
+            Ok(Ok(r)) => r,
+            Ok(Err((limit, what))) => {
+                return Err(ToolError::TooMuchOutput { tool: tool.name.clone(), limit, what });
+            }
             Err(_) => {
                 kill_group();
                 return Err(ToolError::Timeout { tool: tool.name.clone(), seconds: wall.as_secs_f64() });
@@ -343,20 +379,26 @@ pub async fn run(
             return Err(ToolError::Cancelled { tool: tool.name.clone() });
         }
     };
-    // Whatever the process left behind in its group goes with it.
+    // Whatever the tool left behind goes with it.
     kill_group();
     let (out, err, status) = (out.map_err(io)?, err.map_err(io)?, status.map_err(io)?);
-    if out.len() > limit {
-        return Err(ToolError::TooMuchOutput {
+    let stderr = String::from_utf8_lossy(&err).trim().to_string();
+    if sandbox.oom_killed() {
+        return Err(ToolError::Memory {
             tool: tool.name.clone(),
-            limit,
+            limit_mb: limits.memory_mb,
         });
     }
-    let stderr = String::from_utf8_lossy(&err).trim().to_string();
-    let code = match status.code() {
-        Some(c) => c,
-        None => {
-            let signal = status.signal().unwrap_or(0);
+    // bubblewrap reports a command killed by signal N as exit code 128 + N.
+    let signal = match status.code() {
+        Some(c) if (129..=128 + 64).contains(&c) => Some(c - 128),
+        Some(_) => None,
+        None => Some(status.signal().unwrap_or(0)),
+    };
+    let code = match (status.code(), signal) {
+        (Some(c), None) => c,
+        (_, signal) => {
+            let signal = signal.unwrap_or(0);
             let hint = match signal {
                 libc::SIGXCPU => " (its CPU-time limit)",
                 libc::SIGXFSZ => " (its file-size limit)",
@@ -389,46 +431,6 @@ pub async fn run(
         cpu_s: (children_cpu_s() - cpu_before).max(0.0),
         layers,
     })
-}
-
-fn apply_limits(l: &ToolLimits, processes: u64) -> std::io::Result<()> {
-    let set = |resource, value: u64| {
-        let lim = libc::rlimit {
-            rlim_cur: value as libc::rlim_t,
-            rlim_max: value as libc::rlim_t,
-        };
-        // SAFETY: setrlimit reads the struct we pass; no memory is shared with the parent.
-        if unsafe { libc::setrlimit(resource, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    set(libc::RLIMIT_CPU, l.cpu_s.max(1))?;
-    set(libc::RLIMIT_AS, l.memory_mb.saturating_mul(1 << 20))?;
-    set(libc::RLIMIT_FSIZE, l.file_mb.saturating_mul(1 << 20))?;
-    set(libc::RLIMIT_CORE, 0)?;
-    // RLIMIT_NPROC counts every process of the user, so the limit is the tool's allowance on
-    // top of what runs already: it stops fork bombs, not a second helper process. The sandbox
-    // issue replaces this with a cgroup's exact pids.max.
-    set(libc::RLIMIT_NPROC, processes)?;
-    Ok(())
-}
-
-/// Processes on the machine now (an upper bound on this user's), read in the parent: the
-/// child between fork and exec may not allocate.
-fn running_processes() -> u64 {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                })
-                .count() as u64
-        })
-        .unwrap_or(4096)
 }
 
 fn children_cpu_s() -> f64 {

@@ -1,3 +1,5 @@
-//! The sandbox's integration tests, one binary: real tool processes attacking their walls.
+//! The sandbox's integration tests, one binary: the escape suite (real tool processes
+//! attacking their box, as root and as an unprivileged user) and the box's grants.
 
+mod escape;
 mod sandbox;
