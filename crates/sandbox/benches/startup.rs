@@ -19,32 +19,22 @@ fn startup(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let layers = runtime
-        .block_on(tool::run(
-            &t,
-            &argv,
-            &tool::Constraints::default(),
-            None,
-            &Cancel::new(),
-        ))
-        .unwrap()
-        .layers;
+    let boxed = || {
+        runtime
+            .block_on(tool::run(
+                &t,
+                &argv,
+                &tool::Constraints::default(),
+                None,
+                &Cancel::new(),
+            ))
+            .unwrap()
+    };
+    let layers = boxed().layers;
     eprintln!("layers: {layers:?}");
     let mut group = c.benchmark_group("tool_startup");
     group.sample_size(30);
-    group.bench_function("boxed", |b| {
-        b.iter(|| {
-            runtime
-                .block_on(tool::run(
-                    &t,
-                    &argv,
-                    &tool::Constraints::default(),
-                    None,
-                    &Cancel::new(),
-                ))
-                .unwrap()
-        })
-    });
+    group.bench_function("boxed", |b| b.iter(boxed));
     group.bench_function("bare", |b| {
         b.iter(|| std::process::Command::new("/bin/true").status().unwrap())
     });

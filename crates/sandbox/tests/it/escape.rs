@@ -17,32 +17,17 @@ use joule_planner::catalog::Tool;
 use joule_sandbox::Layer;
 use joule_sandbox::tool::{self, ToolError, ToolOutput};
 
-/// A tool that runs `code` with python3, its arguments `a0`, `a1`... in order; `dirs` are
-/// granted to it read-only, as a workflow's `path` arguments would be.
+/// A tool that runs `code` with python3, its arguments `a0`, `a1`... in order, then a `dir`
+/// path argument, granted to it read-only as a workflow's `path` arguments would be.
 fn python(code: &str, n_args: usize, limits: serde_json::Value) -> Tool {
-    let mut argv = vec![
-        serde_json::json!("-I"),
-        serde_json::json!("-c"),
-        serde_json::json!(code),
-    ];
-    let mut declared = serde_json::Map::new();
-    for i in 0..n_args {
-        argv.push(serde_json::json!(format!("{{a{i}}}")));
-        declared.insert(format!("a{i}"), serde_json::json!({ "type": "string" }));
-    }
-    argv.push(serde_json::json!("{dir}"));
-    declared.insert(
+    let mut args: Vec<(String, serde_json::Value)> = (0..n_args)
+        .map(|i| (format!("a{i}"), serde_json::json!({ "type": "string" })))
+        .collect();
+    args.push((
         "dir".into(),
         serde_json::json!({ "type": "path", "required": false }),
-    );
-    serde_json::from_value(serde_json::json!({
-        "name": "attack",
-        "program": "python3",
-        "argv": argv,
-        "args": declared,
-        "limits": limits,
-    }))
-    .unwrap()
+    ));
+    crate::python_tool("attack", code, &args, limits)
 }
 
 fn limits() -> serde_json::Value {

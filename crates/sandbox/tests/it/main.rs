@@ -3,3 +3,31 @@
 
 mod escape;
 mod sandbox;
+
+/// A tool named `name` that runs `code` with python3 in isolated mode, its declared
+/// arguments appended to the command line in order (`{name}` placeholders).
+fn python_tool(
+    name: &str,
+    code: &str,
+    args: &[(String, serde_json::Value)],
+    limits: serde_json::Value,
+) -> joule_planner::catalog::Tool {
+    let mut argv = vec![
+        serde_json::json!("-I"),
+        serde_json::json!("-c"),
+        serde_json::json!(code),
+    ];
+    let mut declared = serde_json::Map::new();
+    for (a, kind) in args {
+        argv.push(serde_json::json!(format!("{{{a}}}")));
+        declared.insert(a.clone(), kind.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "program": "python3",
+        "argv": argv,
+        "args": declared,
+        "limits": limits,
+    }))
+    .unwrap()
+}

@@ -12,24 +12,11 @@ use joule_sandbox::tool::{self, ToolError};
 
 /// A tool that runs `code` with python3; `args` are its declared string arguments, in order.
 fn python(code: &str, args: &[&str], limits: serde_json::Value) -> Tool {
-    let mut argv = vec![
-        serde_json::json!("-I"),
-        serde_json::json!("-c"),
-        serde_json::json!(code),
-    ];
-    let mut declared = serde_json::Map::new();
-    for a in args {
-        argv.push(serde_json::json!(format!("{{{a}}}")));
-        declared.insert((*a).into(), serde_json::json!({ "type": "string" }));
-    }
-    serde_json::from_value(serde_json::json!({
-        "name": "escape",
-        "program": "python3",
-        "argv": argv,
-        "args": declared,
-        "limits": limits,
-    }))
-    .unwrap()
+    let args: Vec<(String, serde_json::Value)> = args
+        .iter()
+        .map(|a| (a.to_string(), serde_json::json!({ "type": "string" })))
+        .collect();
+    crate::python_tool("escape", code, &args, limits)
 }
 
 fn limits() -> serde_json::Value {
