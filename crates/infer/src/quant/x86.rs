@@ -217,17 +217,15 @@ pub mod avx512 {
         _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1)
     }
 
-    /// Eight lanes of `a` then eight of `b`.
+    /// Two blocks' scale products `x.d * y.d`, eight lanes each, from one conversion of the
+    /// four f16 scales (the products are the scalar ones, bit for bit).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    fn scales2(a: f32, b: f32) -> __m512 {
-        // (the f64x4 insert is AVX-512 F; the f32x8 one would need DQ)
-        let low = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_set1_ps(a)));
-        _mm512_castpd_ps(_mm512_insertf64x4(
-            low,
-            _mm256_castps_pd(_mm256_set1_ps(b)),
-            1,
-        ))
+    fn scales2(x: [half::f16; 2], y: [half::f16; 2]) -> __m512 {
+        let v = halves2(x, y);
+        let prod = _mm_mul_ps(v, _mm_movehl_ps(v, v));
+        let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(prod))
     }
 
     /// The f16 pairs at the start of two blocks (Q4_1's `d, m`, Q8_1's `d, s`) as four f32
@@ -332,7 +330,7 @@ pub mod avx512 {
             let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
             let ysum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, qy);
             let exact = _mm512_sub_epi32(products, _mm512_slli_epi32(ysum, 4));
-            let d = scales2(h2f(x0.d) * h2f(y0.d), h2f(x1.d) * h2f(y1.d));
+            let d = scales2([x0.d, x1.d], [y0.d, y1.d]);
             acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(exact), acc);
             i += 2;
         }
@@ -361,7 +359,7 @@ pub mod avx512 {
             let negative = _mm512_movepi8_mask(qx);
             let sy = _mm512_mask_sub_epi8(qy, negative, _mm512_setzero_si512(), qy);
             let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy));
-            let d = scales2(h2f(x0.d) * h2f(y0.d), h2f(x1.d) * h2f(y1.d));
+            let d = scales2([x0.d, x1.d], [y0.d, y1.d]);
             acc = _mm512_fmadd_ps(d, sums, acc);
             i += 2;
         }
@@ -497,7 +495,6 @@ pub mod avx512 {
         let mut i = 0;
         while i + 2 <= n {
             let (x0, x1) = (&xs[i], &xs[i + 1]);
-            let (d0, d1) = (h2f(x0.d), h2f(x1.d));
             // SAFETY: the features are enabled for this function.
             let low = unsafe { nibbles2(&x0.qs, &x1.qs) };
             let high = _mm512_inserti64x4(
@@ -513,7 +510,7 @@ pub mod avx512 {
                 let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
                 let ysum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, qy);
                 let exact = _mm512_sub_epi32(products, _mm512_slli_epi32(ysum, 4));
-                let d = scales2(d0 * h2f(y0.d), d1 * h2f(y1.d));
+                let d = scales2([x0.d, x1.d], [y0.d, y1.d]);
                 acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(exact), acc[t]);
             }
             i += 2;
