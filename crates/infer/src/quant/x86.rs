@@ -250,7 +250,9 @@ pub mod avx512 {
     }
 
     /// One step of a Q4_1 product over two blocks: the byte products of `qx` (both blocks'
-    /// nibbles) with `y0, y1`, scaled, into `acc`; the minimums' terms into `mins` (lanes 1, 3).
+    /// nibbles) with `y0, y1`, scaled, into `acc`; the minimums' terms into `mins`, added in
+    /// the scalar kernel's order so the sum is bit for bit the one it had (greedy answers on a
+    /// near-tie depend on it).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     unsafe fn q4_1_step(
@@ -259,22 +261,15 @@ pub mod avx512 {
         y0: &Q8_1,
         y1: &Q8_1,
         acc: &mut __m512,
-        mins: &mut __m128,
+        mins: &mut f32,
     ) {
         // SAFETY: the features are enabled; the loads read inside the blocks.
         let qy = unsafe { bytes2(&y0.qs, &y1.qs) };
         let prod = _mm_mul_ps(dm, halves2([y0.d, y0.s], [y1.d, y1.s]));
-        *mins = _mm_add_ps(*mins, prod);
+        let odd = _mm_movehdup_ps(prod);
+        *mins += _mm_cvtss_f32(odd) + _mm_cvtss_f32(_mm_movehl_ps(odd, odd));
         let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy));
         *acc = _mm512_fmadd_ps(spread02(prod), sums, *acc);
-    }
-
-    /// The lanes 1 and 3 of `mins` summed (the minimums' terms).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    fn odd_lanes(mins: __m128) -> f32 {
-        let hi = _mm_movehdup_ps(mins);
-        _mm_cvtss_f32(_mm_add_ss(hi, _mm_movehl_ps(hi, hi)))
     }
 
     /// Q4_1 weights against Q8_1 activations.
@@ -285,7 +280,7 @@ pub mod avx512 {
     pub unsafe fn dot_q4_1_q8_1(xs: &[Q4_1], ys: &[Q8_1]) -> f32 {
         let n = xs.len().min(ys.len());
         let mut acc = _mm512_setzero_ps();
-        let mut mins = _mm_setzero_ps();
+        let mut mins = 0f32;
         let mut i = 0;
         while i + 2 <= n {
             let (x0, x1) = (&xs[i], &xs[i + 1]);
@@ -297,7 +292,7 @@ pub mod avx512 {
             }
             i += 2;
         }
-        let mut total = _mm512_reduce_add_ps(acc) + odd_lanes(mins);
+        let mut total = _mm512_reduce_add_ps(acc) + mins;
         if i < n {
             // SAFETY: AVX2 and FMA are enabled.
             total += unsafe { super::dot_q4_1_q8_1(&xs[i..n], &ys[i..n]) };
@@ -456,7 +451,7 @@ pub mod avx512 {
     pub unsafe fn dot4_q4_1_q8_1(xs: &[Q4_1], ys: [&[Q8_1]; 4]) -> [f32; 4] {
         let n = xs.len();
         let mut acc = [_mm512_setzero_ps(); 4];
-        let mut mins = [_mm_setzero_ps(); 4];
+        let mut mins = [0f32; 4];
         let mut i = 0;
         while i + 2 <= n {
             let (x0, x1) = (&xs[i], &xs[i + 1]);
@@ -473,7 +468,7 @@ pub mod avx512 {
         }
         let mut out = [0f32; 4];
         for t in 0..4 {
-            out[t] = _mm512_reduce_add_ps(acc[t]) + odd_lanes(mins[t]);
+            out[t] = _mm512_reduce_add_ps(acc[t]) + mins[t];
             if i < n {
                 // SAFETY: AVX2, FMA and F16C are enabled.
                 out[t] += unsafe { super::dot_q4_1_q8_1(&xs[i..n], &ys[t][i..n]) };
