@@ -230,8 +230,8 @@ pub mod avx512 {
 
     /// The f16 pairs at the start of two blocks (Q4_1's `d, m`, Q8_1's `d, s`) as four f32
     /// lanes `[a.0, a.1, b.0, b.1]`: one conversion where one per scale kept the kernel
-    /// waiting on conversion latency (a perf profile on an Intel Xeon had three quarters of
-    /// the decode time in the scalar scale work).
+    /// waiting on conversion latency (on an Intel Xeon, converting scales one at a time held
+    /// SmolLM2's decoding to half the speed).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     fn halves2(a: [half::f16; 2], b: [half::f16; 2]) -> __m128 {
@@ -300,6 +300,35 @@ pub mod avx512 {
         total
     }
 
+    /// Two Q5_0 blocks' weights plus 16, as unsigned bytes: the nibbles with the fifth bit.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q5_0_weights(x0: &Q5_0, x1: &Q5_0) -> __m512i {
+        let fifth = _mm256_set1_epi8(0x10);
+        // SAFETY: the features are enabled; the loads read inside the blocks.
+        let low = unsafe { nibbles2(&x0.qs, &x1.qs) };
+        let high = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_and_si256(super::bits(x0.qh), fifth)),
+            _mm256_and_si256(super::bits(x1.qh), fifth),
+            1,
+        );
+        _mm512_or_si512(low, high)
+    }
+
+    /// One step of a Q5_0 product over two blocks: `qx` (their weights plus 16) against
+    /// `y0, y1`, 16 times the activations' sum taken off, scaled, into `acc`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q5_0_step(qx: __m512i, x0: &Q5_0, x1: &Q5_0, y0: &Q8_0, y1: &Q8_0, acc: &mut __m512) {
+        // SAFETY: the features are enabled; the loads read inside the blocks.
+        let qy = unsafe { bytes2(&y0.qs, &y1.qs) };
+        let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
+        let ysum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), qy);
+        let exact = _mm512_sub_epi32(products, _mm512_slli_epi32(ysum, 4));
+        let d = scales2([x0.d, x1.d], [y0.d, y1.d]);
+        *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(exact), *acc);
+    }
+
     /// Q5_0 weights against Q8_0 activations: the 5-bit value plus 16 is unsigned, so the
     /// products go through `vpdpbusd` and 16 times the activations' sum is taken off.
     ///
@@ -309,24 +338,13 @@ pub mod avx512 {
     pub unsafe fn dot_q5_0_q8_0(xs: &[Q5_0], ys: &[Q8_0]) -> f32 {
         let n = xs.len().min(ys.len());
         let mut acc = _mm512_setzero_ps();
-        let ones = _mm512_set1_epi8(1);
-        let fifth = _mm256_set1_epi8(0x10);
         let mut i = 0;
         while i + 2 <= n {
-            let (x0, x1, y0, y1) = (&xs[i], &xs[i + 1], &ys[i], &ys[i + 1]);
             // SAFETY: the features are enabled for this function.
-            let (low, qy) = unsafe { (nibbles2(&x0.qs, &x1.qs), bytes2(&y0.qs, &y1.qs)) };
-            let high = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_and_si256(super::bits(x0.qh), fifth)),
-                _mm256_and_si256(super::bits(x1.qh), fifth),
-                1,
-            );
-            let qx = _mm512_or_si512(low, high);
-            let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
-            let ysum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, qy);
-            let exact = _mm512_sub_epi32(products, _mm512_slli_epi32(ysum, 4));
-            let d = scales2([x0.d, x1.d], [y0.d, y1.d]);
-            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(exact), acc);
+            unsafe {
+                let qx = q5_0_weights(&xs[i], &xs[i + 1]);
+                q5_0_step(qx, &xs[i], &xs[i + 1], &ys[i], &ys[i + 1], &mut acc);
+            }
             i += 2;
         }
         let mut total = _mm512_reduce_add_ps(acc);
@@ -485,28 +503,22 @@ pub mod avx512 {
     pub unsafe fn dot4_q5_0_q8_0(xs: &[Q5_0], ys: [&[Q8_0]; 4]) -> [f32; 4] {
         let n = xs.len();
         let mut acc = [_mm512_setzero_ps(); 4];
-        let ones = _mm512_set1_epi8(1);
-        let fifth = _mm256_set1_epi8(0x10);
         let mut i = 0;
         while i + 2 <= n {
-            let (x0, x1) = (&xs[i], &xs[i + 1]);
-            // SAFETY: the features are enabled for this function.
-            let low = unsafe { nibbles2(&x0.qs, &x1.qs) };
-            let high = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_and_si256(super::bits(x0.qh), fifth)),
-                _mm256_and_si256(super::bits(x1.qh), fifth),
-                1,
-            );
-            let qx = _mm512_or_si512(low, high);
-            for t in 0..4 {
-                let (y0, y1) = (&ys[t][i], &ys[t][i + 1]);
-                // SAFETY: as above.
-                let qy = unsafe { bytes2(&y0.qs, &y1.qs) };
-                let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
-                let ysum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, qy);
-                let exact = _mm512_sub_epi32(products, _mm512_slli_epi32(ysum, 4));
-                let d = scales2([x0.d, x1.d], [y0.d, y1.d]);
-                acc[t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(exact), acc[t]);
+            // SAFETY: the features are enabled for this function. Each row takes the single
+            // product's steps, so its result does not depend on its company.
+            unsafe {
+                let qx = q5_0_weights(&xs[i], &xs[i + 1]);
+                for t in 0..4 {
+                    q5_0_step(
+                        qx,
+                        &xs[i],
+                        &xs[i + 1],
+                        &ys[t][i],
+                        &ys[t][i + 1],
+                        &mut acc[t],
+                    );
+                }
             }
             i += 2;
         }
