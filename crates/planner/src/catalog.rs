@@ -212,6 +212,47 @@ pub struct ToolLimits {
     pub timeout_s: f64,
 }
 
+/// Fewest open files a tool may be given: its three standard streams and what a language
+/// runtime opens before the tool's first line (Python opens a dozen).
+pub const MIN_OPEN_FILES: u64 = 16;
+
+impl ToolLimits {
+    /// Refuses limits the box cannot enforce as written, rather than clamping them quietly.
+    pub fn check(&self) -> Result<(), String> {
+        let zero = [
+            ("cpu_s", self.cpu_s == 0),
+            ("memory_mb", self.memory_mb == 0),
+            ("processes", self.processes == 0),
+            ("file_mb", self.file_mb == 0),
+            ("disk_mb", self.disk_mb == 0),
+            ("output_bytes", self.output_bytes == 0),
+            ("output_lines", self.output_lines == 0),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {
+            return Err(format!("limits.{name} is 0; give at least 1"));
+        }
+        if self.open_files < MIN_OPEN_FILES {
+            return Err(format!(
+                "limits.open_files is {}; give at least {MIN_OPEN_FILES}",
+                self.open_files
+            ));
+        }
+        if !(self.cpus.is_finite() && self.cpus >= 0.01) {
+            return Err(format!(
+                "limits.cpus is {}; give a number of CPUs of at least 0.01",
+                self.cpus
+            ));
+        }
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+            return Err(format!(
+                "limits.timeout_s is {}; give a positive number of seconds",
+                self.timeout_s
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ToolLimits {
     fn default() -> Self {
         Self {
@@ -292,6 +333,9 @@ impl Catalog {
                     ));
                 }
             }
+            if let Err(why) = t.limits.check() {
+                errors.push(whole(file, format!("tool `{}`: {why}", t.name)));
+            }
         }
         if errors.is_empty() {
             Ok(catalog)
@@ -364,5 +408,30 @@ mod tests {
         let text = BUILTIN.replace("models: [gpt-4o-mini]", "models: [gpt-5]");
         let errors = Catalog::parse(&SourceFile::new("c.yaml", text)).unwrap_err();
         assert!(errors[0].message.contains("serves `gpt-5`"), "{errors:?}");
+    }
+
+    #[test]
+    fn tool_limits_the_box_cannot_enforce_are_refused_not_clamped() {
+        let with = |limits: &str| {
+            let text = BUILTIN.replace(
+                "limits: { cpu_s: 5, memory_mb: 256, timeout_s: 10 }",
+                &format!("limits: {{ {limits} }}"),
+            );
+            assert_ne!(text, BUILTIN);
+            Catalog::parse(&SourceFile::new("c.yaml", text))
+        };
+        assert!(with("cpu_s: 5, open_files: 16, cpus: 0.5").is_ok());
+        for (limits, says) in [
+            ("cpus: 0", "limits.cpus is 0"),
+            ("open_files: 3", "limits.open_files is 3; give at least 16"),
+            ("output_lines: 0", "limits.output_lines is 0"),
+            ("timeout_s: -1", "limits.timeout_s is -1"),
+        ] {
+            let errors = with(limits).unwrap_err();
+            assert!(
+                errors[0].message.contains("tool `grep`") && errors[0].message.contains(says),
+                "{limits}: {errors:?}"
+            );
+        }
     }
 }

@@ -136,7 +136,7 @@ impl Cgroup {
         if let Some(cpu) = cpu {
             let dir = cpu.join(&name);
             let period = 100_000u64;
-            let quota = ((limits.cpus.max(0.01)) * period as f64) as u64;
+            let quota = (limits.cpus * period as f64) as u64;
             let set = if v2 {
                 write(&dir, "cpu.max", &format!("{quota} {period}"))
             } else {

@@ -100,7 +100,7 @@ fn rlimits(l: &ToolLimits, processes: u64) -> Vec<(libc::__rlimit_resource_t, u6
         same(libc::RLIMIT_AS, l.memory_mb.saturating_mul(1 << 20)),
         same(libc::RLIMIT_FSIZE, l.file_mb.saturating_mul(1 << 20)),
         same(libc::RLIMIT_CORE, 0),
-        same(libc::RLIMIT_NOFILE, l.open_files.max(16)),
+        same(libc::RLIMIT_NOFILE, l.open_files),
         same(libc::RLIMIT_NPROC, processes),
     ]
 }
