@@ -183,21 +183,40 @@ pub fn argv(
 }
 
 /// Resolves `path` inside `root`, refusing anything that ends up outside it.
+///
+/// The path is judged by its words first: an absolute path, or one whose `..` climb above
+/// the root, is refused before the filesystem is asked anything, so an agent cannot learn
+/// which host paths exist from the error. What stays inside lexically is then resolved,
+/// and a symlink leading out is refused too.
 fn contained(root: &Path, path: &str) -> Result<PathBuf, String> {
+    let outside = || {
+        format!(
+            "`{path}` leads outside the workflow's directory {}",
+            root.display()
+        )
+    };
+    let mut depth = 0usize;
+    for component in Path::new(path).components() {
+        match component {
+            std::path::Component::Normal(_) => depth += 1,
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => depth = depth.checked_sub(1).ok_or_else(outside)?,
+            std::path::Component::RootDir | std::path::Component::Prefix(_) => {
+                return Err(outside());
+            }
+        }
+    }
     let root = root
         .canonicalize()
         .map_err(|e| format!("the workflow directory {}: {e}", root.display()))?;
-    let candidate = root.join(path);
-    let resolved = candidate
+    let resolved = root
+        .join(path)
         .canonicalize()
         .map_err(|e| format!("`{path}` does not exist in {}: {e}", root.display()))?;
     if resolved.starts_with(&root) {
         Ok(resolved)
     } else {
-        Err(format!(
-            "`{path}` leads outside the workflow's directory {}",
-            root.display()
-        ))
+        Err(outside())
     }
 }
 
@@ -505,5 +524,38 @@ impl Backend for ToolBackend {
         _on_tokens: &'a OnTokens,
     ) -> CallFuture<'a> {
         Box::pin(self.run_call(call, cancel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contained;
+
+    #[test]
+    fn a_path_is_refused_by_its_words_before_the_filesystem_is_asked() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("sub")).unwrap();
+        std::fs::write(root.path().join("sub/file"), "x").unwrap();
+        for path in [
+            "/etc",
+            "..",
+            "sub/../../no-such-host-path",
+            "../../../../etc",
+        ] {
+            let error = contained(root.path(), path).unwrap_err();
+            assert!(error.contains("leads outside"), "{path}: {error}");
+        }
+        let inside = contained(root.path(), "sub/../sub/./file").unwrap();
+        assert!(inside.ends_with("sub/file"), "{}", inside.display());
+        let missing = contained(root.path(), "sub/absent").unwrap_err();
+        assert!(missing.contains("does not exist"), "{missing}");
+    }
+
+    #[test]
+    fn a_symlink_that_leads_out_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", root.path().join("door")).unwrap();
+        let error = contained(root.path(), "door").unwrap_err();
+        assert!(error.contains("leads outside"), "{error}");
     }
 }

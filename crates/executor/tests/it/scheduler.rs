@@ -148,7 +148,7 @@ name: escape
 steps:
   peek:
     tool: list
-    args: { path: "../../../../etc" }
+    args: { path: "../no-such-host-path" }
 policy: { tools: [list] }
 "#,
         &catalog,
