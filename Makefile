@@ -38,7 +38,7 @@ demo: build
 
 ## Formatting, lints, and every test of the workspace.
 test: deps test-deps lint
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check
