@@ -73,6 +73,8 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in `main`, before any thread is started.
+    unsafe { joule_app::settings::fit_pool_to_cpus() };
     // Inside a tool's box, `joule` is the inner-walls helper (see `joule_sandbox::enter`).
     if std::env::args_os()
         .nth(1)

@@ -12,6 +12,7 @@
 //! | `JOULE_POLICY` | the operator policy file, when `--policy` is not given | none |
 //! | `JOULE_ENGINE` | `fast` (joule's CPU path) or `reference` (candle's models) | `fast` |
 //! | `JOULE_WEIGHTS` | `copy` (weights in huge pages) or `mapped` (the file mapped) | `copy` |
+//! | `JOULE_BATCH` | requests a CPU model steps together (1 to 64) | 8 |
 //!
 //! API keys are read from the variable each catalog endpoint names (`api_key_env`), through
 //! [`Settings::var`], and never written anywhere.
@@ -87,6 +88,19 @@ impl Settings {
                 });
             }
         };
+        let batch = match get("JOULE_BATCH") {
+            None => joule_models::local::engine::DEFAULT_BATCH,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n @ 1..=64) => n,
+                _ => {
+                    return Err(SettingsError {
+                        variable: "JOULE_BATCH",
+                        value: v,
+                        expected: "expected a whole number of requests from 1 to 64 (1 runs one request at a time)",
+                    });
+                }
+            },
+        };
         let shipped_profiles = match get("JOULE_SHIPPED_PROFILES").as_deref() {
             None | Some("1" | "on") => true,
             Some("0" | "off") => false,
@@ -105,7 +119,12 @@ impl Settings {
             index: get("JOULE_PYPI_URL").unwrap_or_else(|| DEFAULT_INDEX.into()),
             policy: get("JOULE_POLICY").map(PathBuf::from),
             shipped_profiles,
-            load: LoadOptions { engine, huge_pages },
+            load: LoadOptions {
+                engine,
+                huge_pages,
+                batch,
+                ..LoadOptions::default()
+            },
             home,
             vars,
         })
@@ -170,6 +189,30 @@ pub fn host() -> String {
         .unwrap_or_else(|| "this-machine".into())
 }
 
+/// Sizes the inference thread pool (`joule_infer::quant::pool`) to the CPUs this process may
+/// run on, before anything starts it.
+///
+/// candle sizes its pool from the machine's physical cores, blind to `taskset`, cpusets and
+/// cgroup CPU quotas; with more spinning workers than CPUs they take turns at every barrier
+/// and a decode step slows tenfold (SmolLM2 pinned to one of two CPUs: 5.7 tok/s instead of
+/// 45). `std::thread::available_parallelism` sees affinity and quotas. An explicit
+/// `CANDLE_NUM_THREADS` or `RAYON_NUM_THREADS` is left as the operator set it.
+///
+/// # Safety
+/// Changes the process environment: call it before any other thread exists (first thing in
+/// `main`).
+pub unsafe fn fit_pool_to_cpus() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_some()
+        || std::env::var_os("RAYON_NUM_THREADS").is_some()
+    {
+        return;
+    }
+    if let Ok(n) = std::thread::available_parallelism() {
+        // SAFETY: the caller guarantees no other thread reads the environment concurrently.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", n.get().to_string()) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +240,8 @@ mod tests {
             ("JOULE_WEIGHTS", "mmap", "mapped"),
             ("JOULE_ENGINE", "candle", "reference"),
             ("JOULE_SHIPPED_PROFILES", "no", "off"),
+            ("JOULE_BATCH", "0", "1 to 64"),
+            ("JOULE_BATCH", "eight", "1 to 64"),
         ] {
             let e = settings(&[(var, bad)]).unwrap_err().to_string();
             assert!(
@@ -209,8 +254,16 @@ mod tests {
             s.load_options(),
             LoadOptions {
                 engine: EngineKind::Reference,
-                huge_pages: false
+                huge_pages: false,
+                ..LoadOptions::default()
             }
+        );
+        assert_eq!(
+            settings(&[("JOULE_BATCH", "3")])
+                .unwrap()
+                .load_options()
+                .batch,
+            3
         );
     }
 }

@@ -9,6 +9,9 @@ pub struct Answer {
     pub text: String,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Of `tokens_in`, those whose KV came from the engine's prefix cache (not prefilled).
+    #[serde(default)]
+    pub tokens_cached: u64,
     pub ttft_s: Option<f64>,
     /// Seconds this call spent loading its model (0 when resident).
     pub load_s: f64,

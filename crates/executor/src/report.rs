@@ -30,6 +30,9 @@ pub struct StepReport {
     pub cost_usd: f64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Of `tokens_in`, those whose KV came from the engine's prefix cache.
+    #[serde(default)]
+    pub tokens_cached: u64,
     /// Seconds of `latency_s` spent loading the step's model: the plan counts loads apart
     /// from steps (`loads`), so a step's prediction is compared with `latency_s - load_s`.
     pub load_s: f64,
@@ -95,6 +98,7 @@ impl Report {
                 cost_usd: r.figures.cost_usd,
                 tokens_in: r.figures.tokens_in,
                 tokens_out: r.figures.tokens_out,
+                tokens_cached: r.figures.tokens_cached,
                 load_s: r.figures.load_s,
                 started_s: r.started_s,
                 ended_s: r.ended_s,

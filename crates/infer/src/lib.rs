@@ -12,10 +12,12 @@
 //! It is a crate of its own so that it is compiled optimised in every profile (see the
 //! workspace's `Cargo.toml`) without slowing the rest of joule's debug builds.
 
+pub mod kv;
 pub mod model;
 pub mod quant;
 
-pub use model::{Config, Model};
+pub use kv::{KvPool, Sequence};
+pub use model::{Config, Feed, Model};
 pub use quant::Kernels;
 
 #[derive(Debug, thiserror::Error)]

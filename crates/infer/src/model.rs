@@ -16,7 +16,8 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file::{Content, Value};
 
 use crate::InferError;
-use crate::quant::{Kernels, Out, QWeight, Storage, pool};
+use crate::kv::{BLOCK, KvPool, Sequence};
+use crate::quant::{Kernels, Out, QWeight, Storage};
 
 /// The architectures whose rotary embedding rotates halves (`neox`) rather than pairs.
 fn rope_is_neox(arch: &str) -> bool {
@@ -53,9 +54,6 @@ struct Layer {
     gate: QWeight,
     up: QWeight,
     down: QWeight,
-    /// Keys and values of every position so far, `[position][kv head][head_dim]`.
-    keys: Vec<f32>,
-    values: Vec<f32>,
 }
 
 /// Buffers a forward pass writes, kept between calls so decoding allocates nothing.
@@ -89,9 +87,17 @@ pub struct Model {
     out_norm: Vec<f32>,
     output: QWeight,
     kernels: Kernels,
-    /// Positions in the KV cache.
-    len: usize,
     scratch: Scratch,
+    /// The one sequence of [`Model::forward`], in a pool of its own that holds a full
+    /// context.
+    solo: Option<(KvPool, Sequence)>,
+}
+
+/// One sequence's part of a batched step: the tokens it feeds this step (a whole or partial
+/// prompt, or the one token it just sampled).
+pub struct Feed<'a> {
+    pub seq: &'a mut Sequence,
+    pub tokens: &'a [u32],
 }
 
 fn meta<'a>(ct: &'a Content, key: &str) -> Result<&'a Value, InferError> {
@@ -216,8 +222,6 @@ impl Model {
                 gate: matrix(&p("ffn_gate.weight"))?,
                 up: matrix(&p("ffn_up.weight"))?,
                 down: matrix(&p("ffn_down.weight"))?,
-                keys: Vec::new(),
-                values: Vec::new(),
             });
         }
         let ffn = blocks.first().map_or(0, |l| l.gate.rows);
@@ -265,65 +269,154 @@ impl Model {
             out_norm: vector("output_norm.weight")?,
             output,
             kernels,
-            len: 0,
             scratch: Scratch::default(),
+            solo: None,
         })
     }
 
-    /// Positions in the KV cache now.
+    /// Floats of keys (and of values) per position and layer: what a KV pool is sized by.
+    pub fn kv_dim(&self) -> usize {
+        self.config.kv_heads * self.config.head_dim
+    }
+
+    /// A KV pool for this model of at most `budget_bytes`.
+    pub fn pool(&self, budget_bytes: u64) -> KvPool {
+        KvPool::new(self.config.layers, self.kv_dim(), budget_bytes)
+    }
+
+    /// Bytes of KV cache one position costs.
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        KvPool::block_bytes_for(self.config.layers, self.kv_dim()) / crate::kv::BLOCK as u64
+    }
+
+    /// Positions in the cache of [`Model::forward`]'s sequence.
     pub fn len(&self) -> usize {
-        self.len
+        self.solo.as_ref().map_or(0, |(_, seq)| seq.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// Feeds `tokens` at positions `pos..` and returns the logits after the last one. `pos`
-    /// must be the cache's length (continue) or 0 (a new sequence, which keeps the cache's
-    /// memory for reuse).
+    /// Feeds `tokens` at positions `pos..` of the model's one unbatched sequence and returns
+    /// the logits after the last one. `pos` must be the cache's length (continue) or 0 (a new
+    /// sequence; a prompt that starts like an earlier one reuses its cached blocks).
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<&[f32], InferError> {
-        let c = &self.config;
-        if tokens.is_empty() {
-            return Err(InferError::Input("no tokens to feed".into()));
-        }
-        if pos != 0 && pos != self.len {
+        if pos != 0 && pos != self.len() {
             return Err(InferError::Input(format!(
                 "position {pos} does not continue the cache of {} positions",
-                self.len
+                self.len()
             )));
         }
-        if pos + tokens.len() > c.context {
+        let context = self.config.context;
+        if pos + tokens.len() > context {
             return Err(InferError::Input(format!(
-                "{} positions exceed the model's context of {}",
+                "{} positions exceed the model's context of {context}",
                 pos + tokens.len(),
-                c.context
             )));
         }
-        if let Some(t) = tokens.iter().find(|t| **t as usize >= self.embeddings.rows) {
-            return Err(InferError::Input(format!(
-                "token {t} is outside the vocabulary"
-            )));
+        let (mut pool, mut seq) = match self.solo.take() {
+            Some((pool, seq)) if pos > 0 => (pool, seq),
+            previous => {
+                let mut pool = match previous {
+                    Some((mut pool, seq)) => {
+                        pool.release(seq);
+                        pool
+                    }
+                    None => self.pool(
+                        KvPool::blocks_for(context) as u64
+                            * KvPool::block_bytes_for(self.config.layers, self.kv_dim()),
+                    ),
+                };
+                // The pool holds one full context and nothing else is in it.
+                let seq = pool
+                    .admit(tokens, context)
+                    .ok_or_else(|| InferError::Input("the model's own cache is full".into()))?;
+                (pool, seq)
+            }
+        };
+        let skip = if pos == 0 { seq.len() } else { 0 };
+        let result = self
+            .forward_batch(
+                &mut pool,
+                &mut [Feed {
+                    seq: &mut seq,
+                    tokens: &tokens[skip..],
+                }],
+            )
+            .map(|_| ());
+        self.solo = Some((pool, seq));
+        result?;
+        Ok(&self.scratch.logits[..self.config.vocab])
+    }
+
+    /// One step of a batch: every sequence's new tokens go through the layers together, so
+    /// each weight is read once for all of them; each sequence attends only to its own
+    /// cache. Returns the logits after each feed's last token, `[feed][vocab]`.
+    ///
+    /// A row's numbers do not depend on the batch it is in: the products give each row what
+    /// the one-row product gives it (the four-row kernels take the single kernel's steps), and
+    /// attention runs per sequence in the one-sequence order. So greedy decoding answers the
+    /// same alone and in company. (Not for the K-quant formats, whose several-row products
+    /// are candle's: see [`crate::quant::QWeight::batched`].)
+    pub fn forward_batch(
+        &mut self,
+        pool: &mut KvPool,
+        feeds: &mut [Feed<'_>],
+    ) -> Result<&[f32], InferError> {
+        let c = &self.config;
+        if feeds.is_empty() {
+            return Err(InferError::Input("no sequences to feed".into()));
         }
-        if pos == 0 {
-            for l in &mut self.layers {
-                l.keys.clear();
-                l.values.clear();
+        for f in feeds.iter() {
+            if f.tokens.is_empty() {
+                return Err(InferError::Input("no tokens to feed".into()));
+            }
+            if f.seq.len() + f.tokens.len() > c.context {
+                return Err(InferError::Input(format!(
+                    "{} positions exceed the model's context of {}",
+                    f.seq.len() + f.tokens.len(),
+                    c.context
+                )));
+            }
+            if let Some(t) = f
+                .tokens
+                .iter()
+                .find(|t| **t as usize >= self.embeddings.rows)
+            {
+                return Err(InferError::Input(format!(
+                    "token {t} is outside the vocabulary"
+                )));
+            }
+            if !pool.can_extend(f.seq, f.tokens.len()) {
+                return Err(InferError::Input(format!(
+                    "the sequence grew past the {} positions it was admitted for",
+                    f.seq.len()
+                )));
             }
         }
-        let m = tokens.len();
+        // Where each feed's rows start, and each row's (feed, position).
+        let mut starts = Vec::with_capacity(feeds.len());
+        let mut rows = Vec::new();
+        for (fi, f) in feeds.iter_mut().enumerate() {
+            starts.push(rows.len());
+            let pos = pool.extend(f.seq, f.tokens)?;
+            rows.extend((0..f.tokens.len()).map(|i| (fi, pos + i)));
+        }
+        let m = rows.len();
         let k = self.kernels;
         let s = &mut self.scratch;
         let (d, hd) = (c.embd, c.head_dim);
         let (qd, kvd) = (c.heads * hd, c.kv_heads * hd);
 
         let x = sized(&mut s.x, m * d);
-        for (i, t) in tokens.iter().enumerate() {
+        for (i, t) in feeds.iter().flat_map(|f| f.tokens.iter()).enumerate() {
             self.embeddings.row(*t as usize, &mut x[i * d..(i + 1) * d]);
         }
-        rope_tables(c, pos + m, &mut s.cos, &mut s.sin);
+        let longest = rows.iter().map(|r| r.1 + 1).max().unwrap_or(0);
+        rope_tables(c, longest, &mut s.cos, &mut s.sin);
 
-        for l in &mut self.layers {
+        for (li, l) in self.layers.iter().enumerate() {
             let x = &mut s.x[..m * d];
             let normed = sized(&mut s.normed, m * d);
             rms_norm(x, &l.attn_norm, c.eps, normed);
@@ -336,8 +429,7 @@ impl Model {
             add_bias(q, l.bq.as_deref());
             add_bias(kk, l.bk.as_deref());
             add_bias(v, l.bv.as_deref());
-            for i in 0..m {
-                let p = pos + i;
+            for (i, &(_, p)) in rows.iter().enumerate() {
                 let (cos, sin) = (
                     &s.cos[p * hd / 2..(p + 1) * hd / 2],
                     &s.sin[p * hd / 2..(p + 1) * hd / 2],
@@ -349,10 +441,20 @@ impl Model {
                     rotate(h, cos, sin, c.neox);
                 }
             }
-            l.keys.extend_from_slice(kk);
-            l.values.extend_from_slice(v);
+            for (f, &start) in feeds.iter().zip(&starts) {
+                let n = f.tokens.len();
+                let pos = rows[start].1;
+                pool.write(
+                    f.seq,
+                    li,
+                    pos,
+                    &kk[start * kvd..(start + n) * kvd],
+                    &v[start * kvd..(start + n) * kvd],
+                );
+            }
             let att = sized(&mut s.att, m * qd);
-            attention(c, &k, q, &l.keys, &l.values, pos, m, att);
+            let seqs: Vec<&Sequence> = feeds.iter().map(|f| &*f.seq).collect();
+            attention(c, &k, q, pool, &seqs, li, &rows, att);
             let proj = sized(&mut s.proj, m * d);
             l.wo.matmul(&k, att, m, proj);
             for (x, p) in x.iter_mut().zip(proj.iter()) {
@@ -371,13 +473,20 @@ impl Model {
                 *x += p;
             }
         }
-        self.len = pos + m;
-        let last = &s.x[(m - 1) * d..m * d];
-        let normed = sized(&mut s.normed, d);
-        rms_norm(last, &self.out_norm, c.eps, normed);
-        let logits = sized(&mut s.logits, c.vocab);
-        self.output.matmul(&k, normed, 1, logits);
-        Ok(&s.logits[..c.vocab])
+        let n = feeds.len();
+        let normed = sized(&mut s.normed, n * d);
+        for (fi, f) in feeds.iter().enumerate() {
+            let last = starts[fi] + f.tokens.len() - 1;
+            rms_norm(
+                &s.x[last * d..(last + 1) * d],
+                &self.out_norm,
+                c.eps,
+                &mut normed[fi * d..(fi + 1) * d],
+            );
+        }
+        let logits = sized(&mut s.logits, n * c.vocab);
+        self.output.matmul(&k, normed, n, logits);
+        Ok(&s.logits[..n * c.vocab])
     }
 }
 
@@ -435,17 +544,18 @@ fn rotate(h: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
     }
 }
 
-/// Causal attention of the `m` new positions (from `pos`) over the cache; `out` is
-/// `m x heads x head_dim`. Heads (and positions) spread over the thread pool.
+/// Causal attention of every row of a step over its own sequence's cache (row `i` is
+/// `rows[i] = (sequence, position)` and sees positions `..= position`); `out` is
+/// `rows x heads x head_dim`. Heads (and rows) spread over the thread pool.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     c: &Config,
     k: &Kernels,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    pos: usize,
-    m: usize,
+    pool: &KvPool,
+    seqs: &[&Sequence],
+    layer: usize,
+    rows: &[(usize, usize)],
     out: &mut [f32],
 ) {
     let hd = c.head_dim;
@@ -455,17 +565,22 @@ fn attention(
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
     let work = |slot: usize, o: &mut [f32]| {
         let (i, h) = (slot / c.heads, slot % c.heads);
+        let (si, pos) = rows[i];
+        let seq = seqs[si];
         let g = h / group;
         let qh = &q[(i * c.heads + h) * hd..][..hd];
-        let seen = pos + i + 1;
+        let seen = pos + 1;
         SCORES.with(|cell| {
             let mut scores = cell.borrow_mut();
             scores.clear();
             let mut max = f32::NEG_INFINITY;
-            for j in 0..seen {
-                let s = (k.f32)(qh, &keys[j * kvd + g * hd..][..hd]) * scale;
-                max = max.max(s);
-                scores.push(s);
+            for b in 0..seen.div_ceil(BLOCK) {
+                let (keys, _) = pool.block(seq, layer, b);
+                for key in keys.chunks_exact(kvd).take(seen - b * BLOCK) {
+                    let s = (k.f32)(qh, &key[g * hd..][..hd]) * scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
             }
             let mut sum = 0.0;
             for s in scores.iter_mut() {
@@ -473,20 +588,24 @@ fn attention(
                 sum += *s;
             }
             o.fill(0.0);
-            for (j, s) in scores.iter().enumerate() {
-                (k.axpy)(s / sum, &values[j * kvd + g * hd..][..hd], o);
+            for (b, scores) in scores.chunks(BLOCK).enumerate() {
+                let (_, values) = pool.block(seq, layer, b);
+                for (s, value) in scores.iter().zip(values.chunks_exact(kvd)) {
+                    (k.axpy)(s / sum, &value[g * hd..][..hd], o);
+                }
             }
         });
     };
-    let slots = m * c.heads;
+    let slots = rows.len() * c.heads;
     let out = &mut out[..slots * hd];
-    if slots * (pos + m) * hd < 1 << 15 {
+    let work_size: usize = rows.iter().map(|r| r.1 + 1).sum::<usize>() * c.heads * hd;
+    if work_size < 1 << 15 {
         for (slot, o) in out.chunks_exact_mut(hd).enumerate() {
             work(slot, o);
         }
     } else {
         let dst = Out(out.as_mut_ptr());
-        pool().execute_chunked(slots, |range| {
+        crate::quant::pool().execute_chunked(slots, |range| {
             for slot in range {
                 // SAFETY: each slot owns its own `hd` floats of `out`, and every slot is
                 // handed to exactly one worker.

@@ -50,6 +50,7 @@ pub(crate) async fn health(State(app): State<Arc<App>>) -> Response {
         "status": "ok",
         "device": app.backend.device_id(),
         "resident": app.backend.resident(),
+        "engines": app.backend.engines(),
     }))
     .into_response()
 }

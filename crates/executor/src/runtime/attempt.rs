@@ -394,6 +394,7 @@ fn attempt_figures(
     if let Some(a) = answer {
         f.tokens_in = a.tokens_in;
         f.tokens_out = a.tokens_out;
+        f.tokens_cached = a.tokens_cached;
         f.ttft_s = a.ttft_s;
         f.load_s = a.load_s;
     }

@@ -14,6 +14,9 @@ pub struct Figures {
     pub latency_s: f64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Of `tokens_in`, those served from the engine's prefix cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_cached: u64,
     pub energy_j: f64,
     /// How `energy_j` was obtained; `None` when nothing was metered (a value step).
     pub energy_method: Option<Method>,
@@ -24,12 +27,17 @@ pub struct Figures {
     pub load_s: f64,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Figures {
     /// Adds another attempt's or element's figures. Latency is not summed: a step's latency is
     /// its wall time, which the caller knows.
     pub fn absorb(&mut self, other: &Figures) {
         self.tokens_in += other.tokens_in;
         self.tokens_out += other.tokens_out;
+        self.tokens_cached += other.tokens_cached;
         self.energy_j += other.energy_j;
         self.cost_usd += other.cost_usd;
         self.load_s += other.load_s;

@@ -43,7 +43,7 @@ pub struct QWeight {
 
 /// The formats whose products go through candle (see [`QWeight`]).
 fn candle_does_best(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q8_0)
+    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K)
 }
 
 impl std::fmt::Debug for QWeight {
@@ -212,7 +212,7 @@ impl QWeight {
             GgmlDType::Q5_1 => {
                 product::<kq::BlockQ5_1>(self, k, x, m, out, kq::BlockQ5_1::vec_dot, None)
             }
-            GgmlDType::Q8_0 => product::<kq::BlockQ8_0>(self, k, x, m, out, k.q8_0, None),
+            GgmlDType::Q8_0 => product::<kq::BlockQ8_0>(self, k, x, m, out, k.q8_0, k.q8_0_x4),
             GgmlDType::Q2K => {
                 product::<kq::BlockQ2K>(self, k, x, m, out, kq::BlockQ2K::vec_dot, None)
             }
@@ -253,6 +253,7 @@ pub struct Kernels {
     pub q5_0: Dot<kq::BlockQ5_0>,
     pub q4_1_x4: Option<Dot4<kq::BlockQ4_1>>,
     pub q5_0_x4: Option<Dot4<kq::BlockQ5_0>>,
+    pub q8_0_x4: Option<Dot4<kq::BlockQ8_0>>,
     /// Activation quantisers that write what candle's `from_float` writes, faster.
     pub to_q8_0: Option<Quantise<kq::BlockQ8_0>>,
     pub to_q8_1: Option<Quantise<kq::BlockQ8_1>>,
@@ -274,6 +275,7 @@ impl Kernels {
             q4k: kq::BlockQ4K::vec_dot_unopt,
             q4_1_x4: None,
             q5_0_x4: None,
+            q8_0_x4: None,
             to_q8_0: None,
             to_q8_1: None,
             f32: |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum(),
@@ -329,6 +331,12 @@ impl Kernels {
                     [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
                 )
             }),
+            q8_0_x4: Some(|x, y| unsafe {
+                x86::avx512::dot4_q8_0_q8_0(
+                    cast(x),
+                    [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
+                )
+            }),
             to_q8_0: Some(|x, y| unsafe { x86::avx512::quantize_q8_0(x, blocks::cast_mut(y)) }),
             to_q8_1: Some(|x, y| unsafe { x86::avx512::quantize_q8_1(x, blocks::cast_mut(y)) }),
             name: "avx512-vnni",
@@ -349,6 +357,7 @@ impl Kernels {
             q4k: kq::BlockQ4K::vec_dot,
             q4_1_x4: None,
             q5_0_x4: None,
+            q8_0_x4: None,
             to_q8_0: None,
             to_q8_1: None,
             f32: |a, b| unsafe { x86::dot_f32(a, b) },

@@ -355,6 +355,36 @@ pub mod avx512 {
         total
     }
 
+    /// Two Q8_0 weight blocks as their magnitudes and the mask of their negative bytes: the
+    /// part of a Q8_0 step that depends on the weights only.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_0_weights(x0: &Q8_0, x1: &Q8_0) -> (__m512i, __mmask64) {
+        // SAFETY: the features are enabled; the loads read inside the blocks.
+        let qx = unsafe { bytes2(&x0.qs, &x1.qs) };
+        (_mm512_abs_epi8(qx), _mm512_movepi8_mask(qx))
+    }
+
+    /// One step of a Q8_0 product over two blocks: `|x|` against `y` with `x`'s sign, scaled,
+    /// into `acc`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_0_step(
+        (ax, negative): (__m512i, __mmask64),
+        x0: &Q8_0,
+        x1: &Q8_0,
+        y0: &Q8_0,
+        y1: &Q8_0,
+        acc: &mut __m512,
+    ) {
+        // SAFETY: the features are enabled; the loads read inside the blocks.
+        let qy = unsafe { bytes2(&y0.qs, &y1.qs) };
+        let sy = _mm512_mask_sub_epi8(qy, negative, _mm512_setzero_si512(), qy);
+        let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy));
+        let d = scales2([x0.d, x1.d], [y0.d, y1.d]);
+        *acc = _mm512_fmadd_ps(d, sums, *acc);
+    }
+
     /// Q8_0 weights against Q8_0 activations: `|x|` against `y` with `x`'s sign.
     ///
     /// # Safety
@@ -365,15 +395,9 @@ pub mod avx512 {
         let mut acc = _mm512_setzero_ps();
         let mut i = 0;
         while i + 2 <= n {
-            let (x0, x1, y0, y1) = (&xs[i], &xs[i + 1], &ys[i], &ys[i + 1]);
+            let (x0, x1) = (&xs[i], &xs[i + 1]);
             // SAFETY: the features are enabled for this function.
-            let (qx, qy) = unsafe { (bytes2(&x0.qs, &x1.qs), bytes2(&y0.qs, &y1.qs)) };
-            let ax = _mm512_abs_epi8(qx);
-            let negative = _mm512_movepi8_mask(qx);
-            let sy = _mm512_mask_sub_epi8(qy, negative, _mm512_setzero_si512(), qy);
-            let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy));
-            let d = scales2([x0.d, x1.d], [y0.d, y1.d]);
-            acc = _mm512_fmadd_ps(d, sums, acc);
+            unsafe { q8_0_step(q8_0_weights(x0, x1), x0, x1, &ys[i], &ys[i + 1], &mut acc) };
             i += 2;
         }
         let mut total = _mm512_reduce_add_ps(acc);
@@ -382,6 +406,39 @@ pub mod avx512 {
             total += unsafe { super::dot_q8_0_q8_0(&xs[i..n], &ys[i..n]) };
         }
         total
+    }
+
+    /// Q8_0 weights against four activation rows (a batch's tokens): each weight pair is
+    /// loaded once; every row takes the single product's steps, so its result does not depend
+    /// on its company.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot4_q8_0_q8_0(xs: &[Q8_0], ys: [&[Q8_0]; 4]) -> [f32; 4] {
+        let n = xs.len();
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 2 <= n {
+            let (x0, x1) = (&xs[i], &xs[i + 1]);
+            // SAFETY: the features are enabled for this function.
+            unsafe {
+                let w = q8_0_weights(x0, x1);
+                for t in 0..4 {
+                    q8_0_step(w, x0, x1, &ys[t][i], &ys[t][i + 1], &mut acc[t]);
+                }
+            }
+            i += 2;
+        }
+        let mut out = [0f32; 4];
+        for t in 0..4 {
+            out[t] = _mm512_reduce_add_ps(acc[t]);
+            if i < n {
+                // SAFETY: AVX2, FMA and F16C are enabled.
+                out[t] += unsafe { super::dot_q8_0_q8_0(&xs[i..n], &ys[t][i..n]) };
+            }
+        }
+        out
     }
 
     /// Q4_K weights against Q8_K activations (decoding the 1.5B model, most of whose weights

@@ -54,8 +54,15 @@ fn check<T: GgmlType>(seed: u64, n: usize, fast: fn(usize, &[T], &[T::VecDotType
     );
 }
 
-/// A four-row kernel gives each row what the scalar reference gives it.
-fn check4<T: GgmlType>(seed: u64, n: usize, fast: Option<joule_infer::quant::Dot4<T>>) {
+/// A four-row kernel gives each row what the scalar reference gives it, and bit for bit what
+/// the single-row kernel gives it: a row's product must not depend on its company in a batch
+/// (greedy answers would otherwise change with the batch).
+fn check4<T: GgmlType>(
+    seed: u64,
+    n: usize,
+    single: joule_infer::quant::Dot<T>,
+    fast: Option<joule_infer::quant::Dot4<T>>,
+) {
     let Some(fast) = fast else { return };
     let w = values(seed, n);
     let wq = blocks::<T>(&w);
@@ -69,6 +76,14 @@ fn check4<T: GgmlType>(seed: u64, n: usize, fast: Option<joule_infer::quant::Dot
         assert!(
             close(got[t], reference, magnitude(&w, &acts[t])),
             "{:?} x4 row {t} n={n} seed={seed}: {} vs reference {reference}",
+            T::DTYPE,
+            got[t]
+        );
+        let alone = single(n, &wq, &aq[t]);
+        assert_eq!(
+            got[t].to_bits(),
+            alone.to_bits(),
+            "{:?} x4 row {t} n={n} seed={seed}: {} in company, {alone} alone",
             T::DTYPE,
             got[t]
         );
@@ -87,8 +102,9 @@ proptest! {
         check::<kq::BlockQ8_0>(seed, n, k.q8_0);
         // K-quant blocks are 256 wide.
         check::<kq::BlockQ4K>(seed, n.div_ceil(256) * 256, k.q4k);
-        check4::<kq::BlockQ4_1>(seed, n, k.q4_1_x4);
-        check4::<kq::BlockQ5_0>(seed, n, k.q5_0_x4);
+        check4::<kq::BlockQ4_1>(seed, n, k.q4_1, k.q4_1_x4);
+        check4::<kq::BlockQ5_0>(seed, n, k.q5_0, k.q5_0_x4);
+        check4::<kq::BlockQ8_0>(seed, n, k.q8_0, k.q8_0_x4);
         let (a, b) = (values(seed, n + 7), values(seed + 1, n + 7));
         let reference: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         prop_assert!(close((k.f32)(&a, &b), reference, magnitude(&a, &b)));

@@ -98,6 +98,9 @@ pub struct Generation {
     pub text: String,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache instead of a prefill.
+    #[serde(default)]
+    pub cached_prompt_tokens: usize,
     pub completion_tokens: usize,
     /// Seconds from the request reaching the model to the first generated token.
     pub ttft_s: f64,
@@ -186,7 +189,122 @@ pub(crate) fn prepare(
     Ok(Prepared { tokens, max_tokens })
 }
 
-/// Runs the decoding loop on a model the caller holds exclusively.
+/// Turns sampled tokens into the answer: text pieces handed on as they become safe (a stop
+/// string's possible beginning is held back), the end found (end-of-sequence token, stop
+/// string, length, a caller that stops listening), and the clock read. Both the exclusive
+/// loop below and the batched engine feed it, so they end answers the same way.
+pub(crate) struct Decoder<'a> {
+    model: &'a super::LoadedModel,
+    request: &'a Request,
+    max_tokens: usize,
+    on_text: &'a mut dyn FnMut(&str) -> Flow,
+    stop_ids: &'a [u32],
+    stream: TextStream,
+    text: String,
+    emitted: usize,
+    generated: usize,
+    finish: FinishReason,
+    started: Instant,
+    first_token_at: Option<f64>,
+    decode_started: Option<Instant>,
+}
+
+impl<'a> Decoder<'a> {
+    /// `started` is when the model began on this request (after any wait for it).
+    pub(crate) fn new(
+        model: &'a super::LoadedModel,
+        prepared: &Prepared,
+        request: &'a Request,
+        on_text: &'a mut dyn FnMut(&str) -> Flow,
+        started: Instant,
+    ) -> Self {
+        Self {
+            model,
+            request,
+            max_tokens: prepared.max_tokens,
+            on_text,
+            stop_ids: model.stop_ids(request),
+            stream: TextStream::new(),
+            text: String::new(),
+            emitted: 0,
+            generated: 0,
+            finish: FinishReason::Length,
+            started,
+            first_token_at: None,
+            decode_started: None,
+        }
+    }
+
+    /// Takes the next sampled token; `false` once the answer is complete.
+    pub(crate) fn push(&mut self, token: u32) -> Result<bool, LocalError> {
+        self.generated += 1;
+        if self.first_token_at.is_none() {
+            self.first_token_at = Some(self.started.elapsed().as_secs_f64());
+            self.decode_started = Some(Instant::now());
+        }
+        if self.stop_ids.contains(&token) {
+            self.finish = FinishReason::Stop;
+            return Ok(false);
+        }
+        let piece = self.stream.push(&self.model.tokenizer, token)?;
+        self.text.push_str(&piece);
+        let (hit, held) = scan_stops(&self.text, &self.request.stop);
+        if let Some(at) = hit {
+            self.text.truncate(at);
+        }
+        let safe = if hit.is_some() {
+            self.text.len()
+        } else {
+            self.text.len() - held
+        };
+        if safe > self.emitted {
+            let flow = (self.on_text)(&self.text[self.emitted..safe]);
+            self.emitted = safe;
+            if matches!(flow, Flow::Stop) {
+                self.finish = FinishReason::Cancelled;
+                return Ok(false);
+            }
+        }
+        if hit.is_some() {
+            self.finish = FinishReason::Stop;
+            return Ok(false);
+        }
+        Ok(self.generated < self.max_tokens)
+    }
+
+    /// The answer, once [`Decoder::push`] said it is complete (or the tokens ran out).
+    pub(crate) fn finish(self, prompt_tokens: usize, prefill_s: f64) -> Generation {
+        if self.emitted < self.text.len() && self.finish != FinishReason::Cancelled {
+            (self.on_text)(&self.text[self.emitted..]);
+        }
+        let wall_s = self.started.elapsed().as_secs_f64();
+        let decode_s = self
+            .decode_started
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        let generated = self.generated;
+        Generation {
+            text: self.text,
+            finish_reason: self.finish,
+            prompt_tokens,
+            cached_prompt_tokens: 0,
+            completion_tokens: generated,
+            ttft_s: self.first_token_at.unwrap_or(wall_s),
+            prefill_tokens_per_s: prompt_tokens as f64 / prefill_s.max(1e-9),
+            decode_tokens_per_s: if generated > 1 && decode_s > 0.0 {
+                (generated - 1) as f64 / decode_s
+            } else {
+                0.0
+            },
+            wall_s,
+            load_s: 0.0,
+            queue_s: 0.0,
+        }
+    }
+}
+
+/// Runs the decoding loop on a model the caller holds exclusively (the reference engines:
+/// candle's models, on the CPU for comparison and on GPUs).
 pub(crate) fn run(
     model: &super::LoadedModel,
     engine: &mut super::engine::Engine,
@@ -197,85 +315,19 @@ pub(crate) fn run(
     let started = Instant::now();
     let prompt = &prepared.tokens;
     let mut sampler = LogitsProcessor::from_sampling(request.seed, request.sampling());
-    let stop_ids = if request.ignore_eos {
-        &[][..]
-    } else {
-        &model.tokenizer.stop_ids[..]
-    };
-
-    let mut stream = TextStream::new();
-    let mut text = String::new();
-    let mut emitted = 0usize;
-    let mut finish = FinishReason::Length;
-    let mut generated = 0usize;
-    let mut first_token_at = None;
-    let mut decode_started = None;
-
+    let mut decoder = Decoder::new(model, prepared, request, on_text, started);
     let mut logits = engine.forward(prompt, 0, &model.device)?;
     let prefill_s = started.elapsed().as_secs_f64();
     let mut pos = prompt.len();
-    while generated < prepared.max_tokens {
+    loop {
         let token = sampler.sample(&logits)?;
-        generated += 1;
-        if first_token_at.is_none() {
-            first_token_at = Some(started.elapsed().as_secs_f64());
-            decode_started = Some(Instant::now());
-        }
-        if stop_ids.contains(&token) {
-            finish = FinishReason::Stop;
-            break;
-        }
-        text.push_str(&stream.push(&model.tokenizer, token)?);
-        let (hit, held) = scan_stops(&text, &request.stop);
-        if let Some(at) = hit {
-            text.truncate(at);
-        }
-        let safe = if hit.is_some() {
-            text.len()
-        } else {
-            text.len() - held
-        };
-        if safe > emitted {
-            let flow = on_text(&text[emitted..safe]);
-            emitted = safe;
-            if matches!(flow, Flow::Stop) {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-        }
-        if hit.is_some() {
-            finish = FinishReason::Stop;
-            break;
-        }
-        if generated == prepared.max_tokens {
+        if !decoder.push(token)? {
             break;
         }
         logits = engine.forward(&[token], pos, &model.device)?;
         pos += 1;
     }
-    if emitted < text.len() && finish != FinishReason::Cancelled {
-        on_text(&text[emitted..]);
-    }
-    let wall_s = started.elapsed().as_secs_f64();
-    let decode_s = decode_started
-        .map(|t| t.elapsed().as_secs_f64())
-        .unwrap_or(0.0);
-    Ok(Generation {
-        text,
-        finish_reason: finish,
-        prompt_tokens: prompt.len(),
-        completion_tokens: generated,
-        ttft_s: first_token_at.unwrap_or(wall_s),
-        prefill_tokens_per_s: prompt.len() as f64 / prefill_s.max(1e-9),
-        decode_tokens_per_s: if generated > 1 && decode_s > 0.0 {
-            (generated - 1) as f64 / decode_s
-        } else {
-            0.0
-        },
-        wall_s,
-        load_s: 0.0,
-        queue_s: 0.0,
-    })
+    Ok(decoder.finish(prompt.len(), prefill_s))
 }
 
 #[cfg(test)]

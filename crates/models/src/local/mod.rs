@@ -1,10 +1,14 @@
 //! Local inference with candle: GGUF models from the catalog on this machine's CPU, or on an
 //! NVIDIA GPU when joule is built with the `cuda` feature.
 //!
-//! Loading a model costs seconds, so loaded models stay resident and are shared: each holds one
-//! KV cache behind a lock, and requests for the same model queue on it in turn. Memory is
-//! bounded by a least-recently-used budget over loaded models' file sizes.
+//! Loading a model costs seconds, so loaded models stay resident and are shared. On the CPU's
+//! fast path a model's requests are batched: one engine thread steps all of them together
+//! ([`batcher`]), with a KV pool and a prefix cache under the memory budget. The reference
+//! engines (candle's models, and the GPU) hold one KV cache behind a lock, and requests queue
+//! on it in turn. Memory is bounded by a least-recently-used budget over loaded models' file
+//! sizes.
 
+pub mod batcher;
 pub mod chat;
 pub mod engine;
 pub mod generate;
@@ -13,7 +17,8 @@ pub mod tokenizer;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
@@ -21,6 +26,8 @@ use joule_call::{Answer, Backend, Call, CallError, CallFuture, Cancel, OnTokens,
 use joule_planner::catalog::Catalog;
 
 use crate::store::{ModelError, ModelStore};
+pub use batcher::EngineStatus;
+use batcher::{Batcher, Event, Job};
 pub use chat::Message;
 use engine::Engine;
 pub use engine::{EngineKind, LoadOptions};
@@ -108,7 +115,32 @@ pub struct LoadedModel {
     pub load_s: f64,
     /// Size of the weights file; what the LRU budget counts.
     pub bytes: u64,
-    engine: Mutex<Engine>,
+    runner: Runner,
+}
+
+/// How a model's requests get the engine.
+enum Runner {
+    /// Together, stepped by the model's engine thread (the fast path).
+    Batched(Batcher),
+    /// One at a time (candle's models).
+    Exclusive(Box<Mutex<Engine>>),
+}
+
+/// Positions of KV cache a model's pool is sized for at most: its batch at 2,048 positions
+/// each, or one sequence at its full context, whichever is more. The pool allocates blocks
+/// as they are used, so this bounds what the prefix cache may keep, not what a load costs.
+fn kv_positions(batch: usize, context: usize) -> usize {
+    (batch * 2048).max(context)
+}
+
+/// Ends a batched sequence when its caller is done with it, however that happens (the answer
+/// complete, a stop string, an error, a panic).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl LoadedModel {
@@ -147,7 +179,17 @@ impl LoadedModel {
             name(tokenizer.eos),
         )?;
         let context = Engine::context(&content)?;
-        let engine = Engine::load(content, &mut reader, path, device, options)?;
+        let runner = match Engine::load(content, &mut reader, path, device, options)? {
+            Engine::Fast(model) => {
+                let per_position = model.kv_bytes_per_position();
+                let budget = options
+                    .memory_bytes
+                    .saturating_sub(bytes)
+                    .min(kv_positions(options.batch, context) as u64 * per_position);
+                Runner::Batched(Batcher::start(*model, budget, options.batch.max(1), id))
+            }
+            other => Runner::Exclusive(Box::new(Mutex::new(other))),
+        };
         let mut model = Self {
             id: id.to_string(),
             tokenizer,
@@ -156,7 +198,7 @@ impl LoadedModel {
             device: device.clone(),
             load_s: 0.0,
             bytes,
-            engine: Mutex::new(engine),
+            runner,
         };
         model.warm_up()?;
         model.load_s = started.elapsed().as_secs_f64();
@@ -206,17 +248,111 @@ impl LoadedModel {
         on_text: &mut dyn FnMut(&str) -> Flow,
     ) -> Result<Generation, LocalError> {
         let waited = Instant::now();
-        let mut engine = self.lock();
-        let queue_s = waited.elapsed().as_secs_f64();
-        let mut generation = generate::run(self, &mut engine, prepared, request, on_text)?;
+        let batcher = match &self.runner {
+            Runner::Batched(b) => b,
+            Runner::Exclusive(engine) => {
+                // A panic mid-generation leaves a KV cache that the next request overwrites
+                // from position 0, so a poisoned lock is safe to take.
+                let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
+                let queue_s = waited.elapsed().as_secs_f64();
+                let mut generation = generate::run(self, &mut engine, prepared, request, on_text)?;
+                generation.queue_s = queue_s;
+                return Ok(generation);
+            }
+        };
+        let positions = prepared.tokens.len() + prepared.max_tokens;
+        if positions > batcher.max_positions() {
+            return Err(LocalError::Request(format!(
+                "the prompt ({} tokens) and max_tokens ({}) need {positions} positions of KV cache; `{}` can hold {} within the memory budget",
+                prepared.tokens.len(),
+                prepared.max_tokens,
+                self.id,
+                batcher.max_positions()
+            )));
+        }
+        let (events, answers) = std::sync::mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _ends = CancelOnDrop(cancel.clone());
+        let job = Job {
+            tokens: prepared.tokens.clone(),
+            max_tokens: prepared.max_tokens,
+            sampling: request.sampling(),
+            seed: request.seed,
+            stop_ids: self.stop_ids(request).to_vec(),
+            events,
+            cancel,
+        };
+        let stopped = || LocalError::Request(format!("the engine of `{}` has stopped", self.id));
+        if !batcher.submit(job) {
+            return Err(stopped());
+        }
+        let (queue_s, cached) = match answers.recv() {
+            Ok(Event::Admitted {
+                queue_s,
+                cached_tokens,
+            }) => (queue_s, cached_tokens),
+            Ok(Event::Failed(why)) => return Err(LocalError::Request(why)),
+            Ok(Event::Token(_)) | Err(_) => return Err(stopped()),
+        };
+        let started = Instant::now();
+        let mut decoder = generate::Decoder::new(self, prepared, request, on_text, started);
+        let mut prefill_s = None;
+        loop {
+            match answers.recv() {
+                Ok(Event::Token(token)) => {
+                    prefill_s.get_or_insert_with(|| started.elapsed().as_secs_f64());
+                    if !decoder.push(token)? {
+                        break;
+                    }
+                }
+                Ok(Event::Failed(why)) => return Err(LocalError::Request(why)),
+                Ok(Event::Admitted { .. }) => return Err(stopped()),
+                // The engine let the sequence go: its last token was sent.
+                Err(_) => break,
+            }
+        }
+        let mut generation = decoder.finish(prepared.tokens.len(), prefill_s.unwrap_or(0.0));
         generation.queue_s = queue_s;
+        generation.cached_prompt_tokens = cached;
         Ok(generation)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Engine> {
-        // A panic mid-generation leaves a KV cache that the next request overwrites from
-        // position 0, so a poisoned lock is safe to take.
-        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    /// The tokens that end an answer for this request (none when it ignores end-of-sequence).
+    pub(crate) fn stop_ids(&self, request: &Request) -> &[u32] {
+        if request.ignore_eos {
+            &[]
+        } else {
+            &self.tokenizer.stop_ids
+        }
+    }
+
+    /// The batching engine's state, for the fast path's models.
+    pub fn engine_status(&self) -> Option<EngineStatus> {
+        match &self.runner {
+            Runner::Batched(b) => Some(b.status()),
+            Runner::Exclusive(_) => None,
+        }
+    }
+
+    /// Waits up to `timeout` for the batching engine to publish a status `ready` accepts (see
+    /// [`Batcher::wait_for`]); `None` for a model without one.
+    pub fn wait_for_engine(
+        &self,
+        timeout: std::time::Duration,
+        ready: impl Fn(&EngineStatus) -> bool,
+    ) -> Option<EngineStatus> {
+        match &self.runner {
+            Runner::Batched(b) => Some(b.wait_for(timeout, ready)),
+            Runner::Exclusive(_) => None,
+        }
+    }
+
+    /// Requests that may run on this model at once.
+    pub fn batch_capacity(&self) -> usize {
+        match &self.runner {
+            Runner::Batched(b) => b.status().batch_capacity,
+            Runner::Exclusive(_) => 1,
+        }
     }
 }
 
@@ -258,7 +394,11 @@ impl LocalBackend {
             device,
             device_id,
             budget_bytes,
-            options,
+            // The KV pools share the resident-memory budget with the weights.
+            options: LoadOptions {
+                memory_bytes: options.memory_bytes.min(budget_bytes),
+                ..options
+            },
             slots: Arc::new(Mutex::new(HashMap::new())),
             clock: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
@@ -294,6 +434,19 @@ impl LocalBackend {
             .collect();
         ids.sort();
         ids
+    }
+
+    /// The batching engines of the resident models: batch capacity, active and waiting
+    /// requests, and the KV pool (budget, blocks committed and cached, prefix hits).
+    pub fn engines(&self) -> std::collections::BTreeMap<String, EngineStatus> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .filter_map(|(id, s)| {
+                let s = s.try_lock().ok()?;
+                Some((id.clone(), s.model.as_ref()?.engine_status()?))
+            })
+            .collect()
     }
 
     /// The loaded model, loading it first if needed (the returned seconds are the load time
@@ -428,6 +581,7 @@ impl LocalBackend {
             text: generation.text,
             tokens_in: generation.prompt_tokens as u64,
             tokens_out: generation.completion_tokens as u64,
+            tokens_cached: generation.cached_prompt_tokens as u64,
             ttft_s: Some(generation.ttft_s),
             load_s: generation.load_s,
             ..Answer::default()

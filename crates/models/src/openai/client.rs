@@ -451,6 +451,9 @@ impl OpenAiBackend {
             text: completion.text,
             tokens_in: usage.map_or(0, |u| u.prompt_tokens),
             tokens_out: usage.map_or(0, |u| u.completion_tokens),
+            tokens_cached: usage
+                .and_then(|u| u.prompt_tokens_details)
+                .map_or(0, |d| d.cached_tokens),
             ttft_s: Some(completion.ttft_s),
             load_s: completion.server.as_ref().map_or(0.0, |t| t.load_s),
             ..Answer::default()

@@ -107,6 +107,9 @@ pub fn usage_of(g: &Generation) -> Usage {
         prompt_tokens: g.prompt_tokens as u64,
         completion_tokens: g.completion_tokens as u64,
         total_tokens: (g.prompt_tokens + g.completion_tokens) as u64,
+        prompt_tokens_details: Some(super::wire::PromptTokensDetails {
+            cached_tokens: g.cached_prompt_tokens as u64,
+        }),
     }
 }
 

@@ -217,7 +217,7 @@ fn a_default_answer_length_shrinks_to_fit_the_context() {
 }
 
 #[test]
-fn concurrent_requests_queue_on_one_model() {
+fn concurrent_requests_share_one_model() {
     let model = smol();
     let request = ask("Say hello.", 16);
     let alone = model.generate(&request, &mut |_| Flow::Continue).unwrap();
@@ -233,7 +233,6 @@ fn concurrent_requests_queue_on_one_model() {
             "a shared KV cache must not leak between requests"
         );
     }
-    assert!(results.iter().any(|r| r.queue_s > 0.0));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! larger catalog models' tests are `#[ignore]`d: `make models`, then
 //! `cargo test -p joule-models -- --ignored`.
 
+mod batching;
 mod fast_engine;
 mod fetch;
 mod large;
