@@ -167,38 +167,63 @@ fn bad_requests_get_openai_style_json_errors() {
 }
 
 #[test]
-fn concurrent_requests_queue_and_all_succeed() {
+fn eight_concurrent_clients_all_get_complete_correct_answers() {
     let server = server();
     let url = format!("{}/v1/chat/completions", server.base);
-    let body = json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}).to_string();
+    let questions = [
+        "Say hi.",
+        "What is the capital of France?",
+        "Name three colours.",
+        "What is 2 + 2?",
+        "Write a haiku about rain.",
+        "What does a CPU do?",
+        "Name a fruit that is yellow.",
+        "How many days are in a week?",
+    ];
+    let body = |q: &str| {
+        json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": q}], "max_tokens": 24})
+            .to_string()
+    };
+    let content = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Each question alone first: the batch of eight must give each the same answer.
+    let alone: Vec<String> = questions
+        .iter()
+        .map(|q| {
+            let (status, v) = post(&http(), &url, &body(q));
+            assert_eq!(status, 200, "{v}");
+            content(&v)
+        })
+        .collect();
     let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..3)
-            .map(|_| {
-                let (url, body) = (&url, &body);
-                s.spawn(move || post(&http(), url, body))
+        let handles: Vec<_> = questions
+            .iter()
+            .map(|q| {
+                let (url, body) = (&url, body(q));
+                s.spawn(move || post(&http(), url, &body))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let first = &answers[0].1["choices"][0]["message"]["content"];
-    for (status, body) in &answers {
-        assert_eq!(*status, 200, "{body}");
-        assert_eq!(&body["choices"][0]["message"]["content"], first);
-        assert_eq!(body["joule"]["device"], "cpu");
+    for (i, (status, v)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "{v}");
+        assert_eq!(content(v), alone[i], "question {i} in a batch of eight");
+        assert!(
+            ["stop", "length"].contains(&v["choices"][0]["finish_reason"].as_str().unwrap()),
+            "{v}"
+        );
+        assert_eq!(v["joule"]["device"], "cpu");
+        assert_eq!(v["joule"]["load_s"], 0.0, "the model was resident");
+        // Asked before: the chat template's and question's whole blocks come from the cache.
+        let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        assert!(cached >= 16, "{v}");
     }
-    // Requests after the first found the model resident, and some waited their turn.
-    assert!(
-        answers
-            .iter()
-            .filter(|(_, b)| b["joule"]["load_s"] == 0.0)
-            .count()
-            >= 2
-    );
-    assert!(
-        answers
-            .iter()
-            .any(|(_, b)| b["joule"]["queue_s"].as_f64().unwrap() > 0.0)
-    );
     let health: Value = http()
         .get(format!("{}/health", server.base))
         .send()
@@ -206,6 +231,10 @@ fn concurrent_requests_queue_and_all_succeed() {
         .json()
         .unwrap();
     assert_eq!(health["resident"], json!(["smollm2-135m"]));
+    let engine = &health["engines"]["smollm2-135m"];
+    assert_eq!(engine["batch_capacity"], 8, "{health}");
+    assert!(engine["kv_budget_bytes"].as_u64().unwrap() > 0, "{health}");
+    assert!(engine["prefix_hits"].as_u64().unwrap() >= 8, "{health}");
 }
 
 #[test]

@@ -251,7 +251,7 @@ pub async fn execute(
         Arc::new(router),
         assembly.catalog.clone(),
         assembly.profiles.clone(),
-        Options::default(),
+        local_concurrency(&assembly),
     );
     if let Some(s) = &store {
         executor = executor.with_cache(Arc::new(s.cache()?));
@@ -351,6 +351,24 @@ pub enum Resumable {
 }
 
 /// A stored run ready to continue where it stopped, without redoing finished steps.
+/// The executor's options for a run: a CPU on the fast path batches its model calls, so as
+/// many of its steps may run at once as its engine steps together (`JOULE_BATCH`); the
+/// reference engines and GPUs keep the catalog's `streams`.
+fn local_concurrency(assembly: &Assembly) -> Options {
+    let load = assembly.settings.load_options();
+    let mut options = Options::default();
+    if load.engine == joule_models::local::EngineKind::Fast {
+        for d in &assembly.catalog.devices {
+            if d.kind == joule_planner::catalog::DeviceKind::Cpu {
+                options
+                    .concurrency
+                    .insert(d.id.clone(), load.batch.max(d.streams as usize));
+            }
+        }
+    }
+    options
+}
+
 pub fn resumable(settings: Settings, store: &Path, id: &str) -> Result<Resumable, AppError> {
     let store = Store::open(store)?;
     let run = store.run(id)?;
