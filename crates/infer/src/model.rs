@@ -191,7 +191,7 @@ impl Model {
                 e => InferError::Format(format!("`{name}`: {e}")),
             })
         };
-        let matrix = |name: &str| tensor(name)?.batched();
+        let matrix = |name: &str| tensor(name);
         let vector = |name: &str| tensor(name).map(|t| t.to_f32());
         let optional = |name: &str| {
             ct.tensor_infos
@@ -357,8 +357,7 @@ impl Model {
     /// A row's numbers do not depend on the batch it is in: the products give each row what
     /// the one-row product gives it (the four-row kernels take the single kernel's steps), and
     /// attention runs per sequence in the one-sequence order. So greedy decoding answers the
-    /// same alone and in company. (Not for the K-quant formats, whose several-row products
-    /// are candle's: see [`crate::quant::QWeight::batched`].)
+    /// same alone and in company.
     pub fn forward_batch(
         &mut self,
         pool: &mut KvPool,

@@ -35,15 +35,6 @@ pub struct QWeight {
     storage: Arc<dyn Storage>,
     start: usize,
     len: usize,
-    /// candle's own product for the formats it already does best: on CPUs with AVX512-VNNI
-    /// it repacks Q4_K, Q6_K and Q8_0 weights into tiles that one instruction multiplies 16
-    /// rows of; elsewhere its vectorised dot products are what this crate would use anyway.
-    candle: Option<Arc<candle_core::quantized::QMatMul>>,
-}
-
-/// The formats whose products go through candle (see [`QWeight`]).
-fn candle_does_best(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K)
 }
 
 impl std::fmt::Debug for QWeight {
@@ -109,27 +100,7 @@ impl QWeight {
             storage,
             start,
             len,
-            candle: None,
         })
-    }
-
-    /// The same weights, for products of several rows at once (prefill) too: in the formats
-    /// candle does best, candle gets its own copy to repack. Only matrices that meet batches
-    /// need it; the embeddings and the output matrix (one row at a time) are left without, so
-    /// their bytes are neither copied nor kept twice.
-    pub fn batched(mut self) -> Result<Self, InferError> {
-        if candle_does_best(self.dtype) && self.rows > 1 {
-            let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                self.dtype,
-                self.bytes(),
-                vec![self.rows, self.cols],
-                &candle_core::Device::Cpu,
-            )
-            .and_then(candle_core::quantized::QMatMul::from_qtensor)
-            .map_err(|e| InferError::Format(e.to_string()))?;
-            self.candle = Some(Arc::new(q));
-        }
-        Ok(self)
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -179,29 +150,6 @@ impl QWeight {
     /// `out` is `m x rows`.
     pub fn matmul(&self, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
         assert!(x.len() >= m * self.cols && out.len() >= m * self.rows);
-        // One row (decoding) reads every weight once, so it is bound by memory: the compact
-        // blocks beat candle's repacked tiles, which are a third larger. Several rows reuse each
-        // weight, and there the tiles' one-instruction-per-16-rows products win.
-        if let Some(q) = self.candle.as_ref().filter(|_| m > 1) {
-            use candle_core::Module;
-            let product = candle_core::Tensor::from_slice(
-                &x[..m * self.cols],
-                (m, self.cols),
-                &candle_core::Device::Cpu,
-            )
-            .and_then(|t| q.forward(&t))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>());
-            match product {
-                Ok(v) => {
-                    out[..m * self.rows].copy_from_slice(&v);
-                    return;
-                }
-                // Shapes were checked at load, so this cannot happen; if it does, the
-                // crate's own kernels below give the same numbers.
-                Err(e) => debug_assert!(false, "candle's product failed: {e}"),
-            }
-        }
         match self.dtype {
             GgmlDType::F32 => matmul_f32(self, k, x, m, out),
             GgmlDType::Q4_0 => {
@@ -219,7 +167,7 @@ impl QWeight {
             GgmlDType::Q3K => {
                 product::<kq::BlockQ3K>(self, k, x, m, out, kq::BlockQ3K::vec_dot, None)
             }
-            GgmlDType::Q4K => product::<kq::BlockQ4K>(self, k, x, m, out, k.q4k, None),
+            GgmlDType::Q4K => product::<kq::BlockQ4K>(self, k, x, m, out, k.q4k, k.q4k_x4),
             GgmlDType::Q5K => {
                 product::<kq::BlockQ5K>(self, k, x, m, out, kq::BlockQ5K::vec_dot, None)
             }
@@ -254,6 +202,7 @@ pub struct Kernels {
     pub q4_1_x4: Option<Dot4<kq::BlockQ4_1>>,
     pub q5_0_x4: Option<Dot4<kq::BlockQ5_0>>,
     pub q8_0_x4: Option<Dot4<kq::BlockQ8_0>>,
+    pub q4k_x4: Option<Dot4<kq::BlockQ4K>>,
     /// Activation quantisers that write what candle's `from_float` writes, faster.
     pub to_q8_0: Option<Quantise<kq::BlockQ8_0>>,
     pub to_q8_1: Option<Quantise<kq::BlockQ8_1>>,
@@ -276,6 +225,7 @@ impl Kernels {
             q4_1_x4: None,
             q5_0_x4: None,
             q8_0_x4: None,
+            q4k_x4: None,
             to_q8_0: None,
             to_q8_1: None,
             f32: |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum(),
@@ -337,6 +287,9 @@ impl Kernels {
                     [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
                 )
             }),
+            q4k_x4: Some(|x, y| unsafe {
+                x86::avx512::dot4_q4k_q8k(cast(x), [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])])
+            }),
             to_q8_0: Some(|x, y| unsafe { x86::avx512::quantize_q8_0(x, blocks::cast_mut(y)) }),
             to_q8_1: Some(|x, y| unsafe { x86::avx512::quantize_q8_1(x, blocks::cast_mut(y)) }),
             name: "avx512-vnni",
@@ -358,6 +311,7 @@ impl Kernels {
             q4_1_x4: None,
             q5_0_x4: None,
             q8_0_x4: None,
+            q4k_x4: None,
             to_q8_0: None,
             to_q8_1: None,
             f32: |a, b| unsafe { x86::dot_f32(a, b) },

@@ -451,66 +451,113 @@ pub mod avx512 {
     /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_q4k_q8k(xs: &[Q4K], ys: &[Q8K]) -> f32 {
-        const KMASK1: u32 = 0x3f3f3f3f;
-        const KMASK2: u32 = 0x0f0f0f0f;
-        const KMASK3: u32 = 0x03030303;
-        let m4 = _mm512_set1_epi8(0xF);
-        // Lanes 0-7 take sub-block 2j's scale, lanes 8-15 sub-block 2j + 1's.
-        let mut pick = [_mm512_setzero_si512(); 4];
-        for (j, p) in (0..).zip(pick.iter_mut()) {
-            *p = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_set1_epi32(2 * j)),
-                _mm256_set1_epi32(2 * j + 1),
-                1,
-            );
-        }
         let mut acc = _mm512_setzero_ps();
         let mut acc_m = _mm_setzero_ps();
         for (x, y) in xs.iter().zip(ys) {
-            let d = y.d * h2f(x.d);
-            let dmin = -y.d * h2f(x.dmin);
-            // The 6-bit scales and mins, unpacked to bytes: u[0..2] scales, u[2..4] mins.
-            let mut u = [0u32; 4];
-            for (w, b) in u.iter_mut().zip(x.scales.chunks_exact(4)) {
-                *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-            u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
-            let mins_hi = u[1] & KMASK1;
-            u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
-            u[2] = mins_hi;
-            u[0] &= KMASK1;
-            let packed = _mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32);
-
-            // SAFETY: `bsums` is 16 i16s, 32 bytes.
-            let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
-            let sub_sums = _mm_hadd_epi16(
-                _mm256_castsi256_si128(bsums),
-                _mm256_extracti128_si256(bsums, 1),
-            );
-            let mins = _mm_cvtepu8_epi16(_mm_srli_si128(packed, 8));
-            let m = _mm_madd_epi16(mins, sub_sums);
-            acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_m);
-
-            let scales = _mm512_cvtepu8_epi32(packed);
-            let mut sumi = _mm512_setzero_si512();
-            for (j, pick) in pick.iter().enumerate() {
-                // SAFETY: 32 bytes at 32j inside `qs` (128 bytes), 64 at 64j inside y's 256.
-                let (bits, q8) = unsafe {
-                    (
-                        _mm256_loadu_si256(x.qs.as_ptr().add(32 * j).cast()),
-                        _mm512_loadu_si512(y.qs.as_ptr().add(64 * j).cast()),
-                    )
-                };
-                let q4 = _mm512_and_si512(
-                    _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1),
-                    m4,
-                );
-                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q4, q8);
-                let scale = _mm512_permutexvar_epi32(*pick, scales);
-                sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(dot, scale));
-            }
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+            // SAFETY: the features are enabled for this function.
+            unsafe { q4k_step(&q4k_weights(x), x, y, &mut acc, &mut acc_m) };
         }
+        q4k_total(acc, acc_m)
+    }
+
+    /// Q4_K weights against four activation rows: each block's scales and nibbles unpacked
+    /// once; every row takes the single product's steps, so its result does not depend on
+    /// its company.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot4_q4k_q8k(xs: &[Q4K], ys: [&[Q8K]; 4]) -> [f32; 4] {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc_m = [_mm_setzero_ps(); 4];
+        for (i, x) in xs.iter().enumerate() {
+            // SAFETY: the features are enabled for this function.
+            unsafe {
+                let w = q4k_weights(x);
+                for t in 0..4 {
+                    q4k_step(&w, x, &ys[t][i], &mut acc[t], &mut acc_m[t]);
+                }
+            }
+        }
+        std::array::from_fn(|t| q4k_total(acc[t], acc_m[t]))
+    }
+
+    /// A Q4_K block's weight side: its 6-bit scales and mins unpacked to bytes
+    /// (`packed`: scales in bytes 0-7, mins in 8-15) and its nibbles, two sub-blocks per
+    /// register, low nibbles then high.
+    struct Q4kWeights {
+        packed: __m128i,
+        q4: [__m512i; 4],
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q4k_weights(x: &Q4K) -> Q4kWeights {
+        const KMASK1: u32 = 0x3f3f3f3f;
+        const KMASK2: u32 = 0x0f0f0f0f;
+        const KMASK3: u32 = 0x03030303;
+        let mut u = [0u32; 4];
+        for (w, b) in u.iter_mut().zip(x.scales.chunks_exact(4)) {
+            *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
+        let mins_hi = u[1] & KMASK1;
+        u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
+        u[2] = mins_hi;
+        u[0] &= KMASK1;
+        let m4 = _mm512_set1_epi8(0xF);
+        let q4 = std::array::from_fn(|j| {
+            // SAFETY: 32 bytes at 32j inside `qs` (128 bytes).
+            let bits = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * j).cast()) };
+            _mm512_and_si512(
+                _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1),
+                m4,
+            )
+        });
+        Q4kWeights {
+            packed: _mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32),
+            q4,
+        }
+    }
+
+    /// One Q4_K block against one Q8_K block: the sub-block products times their scales into
+    /// `acc`, the minimums (from the activations' precomputed sums) into `acc_m`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q4k_step(w: &Q4kWeights, x: &Q4K, y: &Q8K, acc: &mut __m512, acc_m: &mut __m128) {
+        let d = y.d * h2f(x.d);
+        let dmin = -y.d * h2f(x.dmin);
+        // SAFETY: `bsums` is 16 i16s, 32 bytes.
+        let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+        let sub_sums = _mm_hadd_epi16(
+            _mm256_castsi256_si128(bsums),
+            _mm256_extracti128_si256(bsums, 1),
+        );
+        let mins = _mm_cvtepu8_epi16(_mm_srli_si128(w.packed, 8));
+        let m = _mm_madd_epi16(mins, sub_sums);
+        *acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), *acc_m);
+
+        let scales = _mm512_cvtepu8_epi32(w.packed);
+        let mut sumi = _mm512_setzero_si512();
+        for (j, q4) in w.q4.iter().enumerate() {
+            // Lanes 0-7 take sub-block 2j's scale, lanes 8-15 sub-block 2j + 1's.
+            let pick = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_set1_epi32(2 * j as i32)),
+                _mm256_set1_epi32(2 * j as i32 + 1),
+                1,
+            );
+            // SAFETY: 64 bytes at 64j inside y's 256.
+            let q8 = unsafe { _mm512_loadu_si512(y.qs.as_ptr().add(64 * j).cast()) };
+            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), *q4, q8);
+            let scale = _mm512_permutexvar_epi32(pick, scales);
+            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(dot, scale));
+        }
+        *acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), *acc);
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn q4k_total(acc: __m512, acc_m: __m128) -> f32 {
         let acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
         let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
         _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(acc_m)
