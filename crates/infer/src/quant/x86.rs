@@ -482,12 +482,14 @@ pub mod avx512 {
         std::array::from_fn(|t| q4k_total(acc[t], acc_m[t]))
     }
 
-    /// A Q4_K block's weight side: its 6-bit scales and mins unpacked to bytes
-    /// (`packed`: scales in bytes 0-7, mins in 8-15) and its nibbles, two sub-blocks per
-    /// register, low nibbles then high.
+    /// A Q4_K block's weight side, unpacked once for every activation row it meets: its
+    /// nibbles (two sub-blocks per register, low nibbles then high), each register's
+    /// sub-block scales spread over its lanes as floats (lanes 0-7 sub-block 2j's, 8-15
+    /// 2j + 1's), and its 6-bit minimums widened for the activations' sub-block sums.
     struct Q4kWeights {
-        packed: __m128i,
         q4: [__m512i; 4],
+        scales: [__m512; 4],
+        mins: __m128i,
     }
 
     #[inline]
@@ -505,23 +507,38 @@ pub mod avx512 {
         u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
         u[2] = mins_hi;
         u[0] &= KMASK1;
+        // Bytes 0-7: the sub-blocks' scales; 8-15: their minimums.
+        let packed = _mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32);
+        let all = _mm512_cvtepu8_epi32(packed);
         let m4 = _mm512_set1_epi8(0xF);
-        let q4 = std::array::from_fn(|j| {
-            // SAFETY: 32 bytes at 32j inside `qs` (128 bytes).
-            let bits = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * j).cast()) };
-            _mm512_and_si512(
-                _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1),
-                m4,
-            )
-        });
         Q4kWeights {
-            packed: _mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32),
-            q4,
+            q4: std::array::from_fn(|j| {
+                // SAFETY: 32 bytes at 32j inside `qs` (128 bytes).
+                let bits = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * j).cast()) };
+                _mm512_and_si512(
+                    _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1),
+                    m4,
+                )
+            }),
+            scales: std::array::from_fn(|j| {
+                let pick = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_set1_epi32(2 * j as i32)),
+                    _mm256_set1_epi32(2 * j as i32 + 1),
+                    1,
+                );
+                _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(pick, all))
+            }),
+            mins: _mm_cvtepu8_epi16(_mm_srli_si128(packed, 8)),
         }
     }
 
     /// One Q4_K block against one Q8_K block: the sub-block products times their scales into
     /// `acc`, the minimums (from the activations' precomputed sums) into `acc_m`.
+    ///
+    /// The scaled products are summed as floats, yet exactly: each lane's product of 4-bit
+    /// weights and 8-bit activations is at most 4 x 15 x 127, times a 6-bit scale and summed
+    /// over four registers it stays below 2^24, where f32 holds every integer; so this is the
+    /// integer sum, converted once, without the slow 32-bit integer multiplies.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     unsafe fn q4k_step(w: &Q4kWeights, x: &Q4K, y: &Q8K, acc: &mut __m512, acc_m: &mut __m128) {
@@ -533,26 +550,17 @@ pub mod avx512 {
             _mm256_castsi256_si128(bsums),
             _mm256_extracti128_si256(bsums, 1),
         );
-        let mins = _mm_cvtepu8_epi16(_mm_srli_si128(w.packed, 8));
-        let m = _mm_madd_epi16(mins, sub_sums);
+        let m = _mm_madd_epi16(w.mins, sub_sums);
         *acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), *acc_m);
 
-        let scales = _mm512_cvtepu8_epi32(w.packed);
-        let mut sumi = _mm512_setzero_si512();
-        for (j, q4) in w.q4.iter().enumerate() {
-            // Lanes 0-7 take sub-block 2j's scale, lanes 8-15 sub-block 2j + 1's.
-            let pick = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_set1_epi32(2 * j as i32)),
-                _mm256_set1_epi32(2 * j as i32 + 1),
-                1,
-            );
+        let mut sum = _mm512_setzero_ps();
+        for (j, (q4, scale)) in w.q4.iter().zip(&w.scales).enumerate() {
             // SAFETY: 64 bytes at 64j inside y's 256.
             let q8 = unsafe { _mm512_loadu_si512(y.qs.as_ptr().add(64 * j).cast()) };
             let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), *q4, q8);
-            let scale = _mm512_permutexvar_epi32(pick, scales);
-            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(dot, scale));
+            sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), *scale, sum);
         }
-        *acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), *acc);
+        *acc = _mm512_fmadd_ps(_mm512_set1_ps(d), sum, *acc);
     }
 
     #[inline]
