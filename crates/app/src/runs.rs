@@ -251,7 +251,7 @@ pub async fn execute(
         Arc::new(router),
         assembly.catalog.clone(),
         assembly.profiles.clone(),
-        local_concurrency(&assembly),
+        local_concurrency(assembly),
     );
     if let Some(s) = &store {
         executor = executor.with_cache(Arc::new(s.cache()?));

@@ -414,6 +414,7 @@ impl Model {
         }
         let longest = rows.iter().map(|r| r.1 + 1).max().unwrap_or(0);
         rope_tables(c, longest, &mut s.cos, &mut s.sin);
+        let seqs: Vec<&Sequence> = feeds.iter().map(|f| &*f.seq).collect();
 
         for (li, l) in self.layers.iter().enumerate() {
             let x = &mut s.x[..m * d];
@@ -440,11 +441,11 @@ impl Model {
                     rotate(h, cos, sin, c.neox);
                 }
             }
-            for (f, &start) in feeds.iter().zip(&starts) {
+            for ((f, seq), &start) in feeds.iter().zip(&seqs).zip(&starts) {
                 let n = f.tokens.len();
                 let pos = rows[start].1;
                 pool.write(
-                    f.seq,
+                    seq,
                     li,
                     pos,
                     &kk[start * kvd..(start + n) * kvd],
@@ -452,7 +453,6 @@ impl Model {
                 );
             }
             let att = sized(&mut s.att, m * qd);
-            let seqs: Vec<&Sequence> = feeds.iter().map(|f| &*f.seq).collect();
             attention(c, &k, q, pool, &seqs, li, &rows, att);
             let proj = sized(&mut s.proj, m * d);
             l.wo.matmul(&k, att, m, proj);

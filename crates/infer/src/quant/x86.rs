@@ -300,10 +300,13 @@ pub mod avx512 {
         total
     }
 
-    /// Two Q5_0 blocks' weights plus 16, as unsigned bytes: the nibbles with the fifth bit.
+    /// Two Q5_0 blocks' weights (the nibbles with their fifth bit, less 16) as magnitudes and
+    /// the mask of the negative ones: the form [`q8_0_step`] multiplies, so a Q5_0 step is a
+    /// Q8_0 step (`|x|` against `y` with `x`'s sign, one `vpdpbusd`), the same integers as
+    /// the biased products less 16 times the activations' sum, without computing that sum.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q5_0_weights(x0: &Q5_0, x1: &Q5_0) -> __m512i {
+    unsafe fn q5_0_weights(x0: &Q5_0, x1: &Q5_0) -> (__m512i, __mmask64) {
         let fifth = _mm256_set1_epi8(0x10);
         // SAFETY: the features are enabled; the loads read inside the blocks.
         let low = unsafe { nibbles2(&x0.qs, &x1.qs) };
@@ -312,25 +315,11 @@ pub mod avx512 {
             _mm256_and_si256(super::bits(x1.qh), fifth),
             1,
         );
-        _mm512_or_si512(low, high)
+        let signed = _mm512_sub_epi8(_mm512_or_si512(low, high), _mm512_set1_epi8(16));
+        (_mm512_abs_epi8(signed), _mm512_movepi8_mask(signed))
     }
 
-    /// One step of a Q5_0 product over two blocks: `qx` (their weights plus 16) against
-    /// `y0, y1`, 16 times the activations' sum taken off, scaled, into `acc`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q5_0_step(qx: __m512i, x0: &Q5_0, x1: &Q5_0, y0: &Q8_0, y1: &Q8_0, acc: &mut __m512) {
-        // SAFETY: the features are enabled; the loads read inside the blocks.
-        let qy = unsafe { bytes2(&y0.qs, &y1.qs) };
-        let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
-        let ysum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), qy);
-        let exact = _mm512_sub_epi32(products, _mm512_slli_epi32(ysum, 4));
-        let d = scales2([x0.d, x1.d], [y0.d, y1.d]);
-        *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(exact), *acc);
-    }
-
-    /// Q5_0 weights against Q8_0 activations: the 5-bit value plus 16 is unsigned, so the
-    /// products go through `vpdpbusd` and 16 times the activations' sum is taken off.
+    /// Q5_0 weights against Q8_0 activations (see [`q5_0_weights`]).
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
@@ -342,8 +331,8 @@ pub mod avx512 {
         while i + 2 <= n {
             // SAFETY: the features are enabled for this function.
             unsafe {
-                let qx = q5_0_weights(&xs[i], &xs[i + 1]);
-                q5_0_step(qx, &xs[i], &xs[i + 1], &ys[i], &ys[i + 1], &mut acc);
+                let w = q5_0_weights(&xs[i], &xs[i + 1]);
+                q5_0_step(w, &xs[i], &xs[i + 1], &ys[i], &ys[i + 1], &mut acc);
             }
             i += 2;
         }
@@ -365,14 +354,15 @@ pub mod avx512 {
         (_mm512_abs_epi8(qx), _mm512_movepi8_mask(qx))
     }
 
-    /// One step of a Q8_0 product over two blocks: `|x|` against `y` with `x`'s sign, scaled,
-    /// into `acc`.
+    /// One step of a product of two signed 8-bit weight blocks (as magnitudes and the mask of
+    /// the negative ones) with scales `xd` against two Q8_0 activation blocks: `|x|` against
+    /// `y` with `x`'s sign, one `vpdpbusd`, scaled, into `acc`. Q8_0 activations are never
+    /// -128 (they are rounded from `x / (max |x| / 127)`), so negating one cannot wrap.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q8_0_step(
+    unsafe fn signed_step(
         (ax, negative): (__m512i, __mmask64),
-        x0: &Q8_0,
-        x1: &Q8_0,
+        xd: [half::f16; 2],
         y0: &Q8_0,
         y1: &Q8_0,
         acc: &mut __m512,
@@ -381,8 +371,38 @@ pub mod avx512 {
         let qy = unsafe { bytes2(&y0.qs, &y1.qs) };
         let sy = _mm512_mask_sub_epi8(qy, negative, _mm512_setzero_si512(), qy);
         let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy));
-        let d = scales2([x0.d, x1.d], [y0.d, y1.d]);
+        let d = scales2(xd, [y0.d, y1.d]);
         *acc = _mm512_fmadd_ps(d, sums, *acc);
+    }
+
+    /// One step of a Q8_0 product over two blocks (weights from [`q8_0_weights`]).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_0_step(
+        w: (__m512i, __mmask64),
+        x0: &Q8_0,
+        x1: &Q8_0,
+        y0: &Q8_0,
+        y1: &Q8_0,
+        acc: &mut __m512,
+    ) {
+        // SAFETY: the features are enabled for this function.
+        unsafe { signed_step(w, [x0.d, x1.d], y0, y1, acc) }
+    }
+
+    /// One step of a Q5_0 product over two blocks (weights from [`q5_0_weights`]).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q5_0_step(
+        w: (__m512i, __mmask64),
+        x0: &Q5_0,
+        x1: &Q5_0,
+        y0: &Q8_0,
+        y1: &Q8_0,
+        acc: &mut __m512,
+    ) {
+        // SAFETY: the features are enabled for this function.
+        unsafe { signed_step(w, [x0.d, x1.d], y0, y1, acc) }
     }
 
     /// Q8_0 weights against Q8_0 activations: `|x|` against `y` with `x`'s sign.
@@ -620,16 +640,9 @@ pub mod avx512 {
             // SAFETY: the features are enabled for this function. Each row takes the single
             // product's steps, so its result does not depend on its company.
             unsafe {
-                let qx = q5_0_weights(&xs[i], &xs[i + 1]);
+                let w = q5_0_weights(&xs[i], &xs[i + 1]);
                 for t in 0..4 {
-                    q5_0_step(
-                        qx,
-                        &xs[i],
-                        &xs[i + 1],
-                        &ys[t][i],
-                        &ys[t][i + 1],
-                        &mut acc[t],
-                    );
+                    q5_0_step(w, &xs[i], &xs[i + 1], &ys[t][i], &ys[t][i + 1], &mut acc[t]);
                 }
             }
             i += 2;

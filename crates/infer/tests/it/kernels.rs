@@ -198,35 +198,33 @@ fn the_tiled_parallel_product_equals_a_plain_one_for_every_format() {
         // Rows not a multiple of the tile, and batches of 1 (decode) and several (prefill).
         let (rows, cols) = (45, 512);
         let w = weight(dtype, rows, cols, 7);
-        {
-            let dense = w.to_f32();
-            for m in [1, 5, 9] {
-                let x = values(11 + m as u64, m * cols);
-                let mut out = vec![0f32; m * rows];
-                w.matmul(&k, &x, m, &mut out);
-                for i in 0..m {
-                    for r in 0..rows {
-                        let wr = &dense[r * cols..(r + 1) * cols];
-                        let xi = &x[i * cols..(i + 1) * cols];
-                        let exact: f32 = wr.iter().zip(xi).map(|(a, b)| a * b).sum();
-                        // Activations are quantised to 8 bits as in candle and ggml: about 1% of
-                        // the dot product's magnitude.
-                        let tol = 0.02 * magnitude(wr, xi) + 1e-4;
-                        assert!(
-                            (out[i * rows + r] - exact).abs() <= tol,
-                            "{dtype:?} m={m} ({i},{r}): {} vs {exact}",
-                            out[i * rows + r]
-                        );
-                    }
+        let dense = w.to_f32();
+        for m in [1, 5, 9] {
+            let x = values(11 + m as u64, m * cols);
+            let mut out = vec![0f32; m * rows];
+            w.matmul(&k, &x, m, &mut out);
+            for i in 0..m {
+                for r in 0..rows {
+                    let wr = &dense[r * cols..(r + 1) * cols];
+                    let xi = &x[i * cols..(i + 1) * cols];
+                    let exact: f32 = wr.iter().zip(xi).map(|(a, b)| a * b).sum();
+                    // Activations are quantised to 8 bits as in candle and ggml: about 1% of
+                    // the dot product's magnitude.
+                    let tol = 0.02 * magnitude(wr, xi) + 1e-4;
+                    assert!(
+                        (out[i * rows + r] - exact).abs() <= tol,
+                        "{dtype:?} m={m} ({i},{r}): {} vs {exact}",
+                        out[i * rows + r]
+                    );
                 }
-                // The same product row by row (how a sequence alone sees it) gives the same
-                // numbers bit for bit: a row's product does not depend on its company.
-                for i in 0..m {
-                    let mut one = vec![0f32; rows];
-                    w.matmul(&k, &x[i * cols..(i + 1) * cols], 1, &mut one);
-                    for (r, (a, b)) in one.iter().zip(&out[i * rows..(i + 1) * rows]).enumerate() {
-                        assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} ({i},{r}): {a} vs {b}");
-                    }
+            }
+            // The same product row by row (how a sequence alone sees it) gives the same
+            // numbers bit for bit: a row's product does not depend on its company.
+            for i in 0..m {
+                let mut one = vec![0f32; rows];
+                w.matmul(&k, &x[i * cols..(i + 1) * cols], 1, &mut one);
+                for (r, (a, b)) in one.iter().zip(&out[i * rows..(i + 1) * rows]).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} ({i},{r}): {a} vs {b}");
                 }
             }
         }

@@ -99,7 +99,12 @@ struct Active {
 impl Batcher {
     /// Starts the engine thread for `model` with a KV pool of `kv_budget_bytes` and up to
     /// `capacity` sequences per step.
-    pub fn start(model: Model, kv_budget_bytes: u64, capacity: usize, name: &str) -> Self {
+    pub fn start(
+        model: Model,
+        kv_budget_bytes: u64,
+        capacity: usize,
+        name: &str,
+    ) -> std::io::Result<Self> {
         let pool = model.pool(kv_budget_bytes);
         let max_positions = pool.usage().capacity_blocks * joule_infer::kv::BLOCK;
         let status = Arc::new(Published {
@@ -113,14 +118,13 @@ impl Batcher {
         let shared = status.clone();
         let thread = std::thread::Builder::new()
             .name(format!("engine {name}"))
-            .spawn(move || Engine::new(model, pool, capacity, shared).run(rx))
-            .expect("the engine thread starts");
-        Self {
+            .spawn(move || Engine::new(model, pool, capacity, shared).run(rx))?;
+        Ok(Self {
             jobs: Mutex::new(Some(tx)),
             status,
             thread: Mutex::new(Some(thread)),
             max_positions,
-        }
+        })
     }
 
     pub fn status(&self) -> EngineStatus {

@@ -186,7 +186,11 @@ impl LoadedModel {
                     .memory_bytes
                     .saturating_sub(bytes)
                     .min(kv_positions(options.batch, context) as u64 * per_position);
-                Runner::Batched(Batcher::start(*model, budget, options.batch.max(1), id))
+                Runner::Batched(
+                    Batcher::start(*model, budget, options.batch.max(1), id).map_err(|e| {
+                        LocalError::Request(format!("cannot start the engine of `{id}`: {e}"))
+                    })?,
+                )
             }
             other => Runner::Exclusive(Box::new(Mutex::new(other))),
         };
