@@ -176,7 +176,12 @@ pub(crate) async fn chat(
             }
             let mut generation = model.generate_prepared(&prepared, &local, &mut |piece| {
                 if !streaming {
-                    return Flow::Continue;
+                    // A client that hung up frees its place in the batch at the next token.
+                    return if tx.is_closed() {
+                        Flow::Stop
+                    } else {
+                        Flow::Continue
+                    };
                 }
                 match tx.blocking_send(Note::Text(piece.to_string())) {
                     Ok(()) => Flow::Continue,
