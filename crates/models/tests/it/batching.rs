@@ -148,15 +148,27 @@ fn admission_waits_for_room_and_starts_when_a_sequence_finishes() {
     let alone = run(&model, &request);
     let blocks = (alone.prompt_tokens + 40).div_ceil(16);
     assert!(2 * blocks > 10, "two such requests must not fit at once");
+    let (running, wait) = channel();
     let results: Vec<Generation> = std::thread::scope(|s| {
-        let first = s.spawn(|| run(&model, &request));
-        let status = model.wait_for_engine(PATIENCE, |s| s.active == 1).unwrap();
-        assert_eq!(status.active, 1);
+        let first = s.spawn(|| {
+            let mut running = Some(running);
+            model
+                .generate(&request, &mut |_| {
+                    // Its first text: admitted and decoding, holding its blocks.
+                    if let Some(tx) = running.take() {
+                        tx.send(()).unwrap();
+                    }
+                    Flow::Continue
+                })
+                .unwrap()
+        });
+        wait.recv().unwrap();
         let second = s.spawn(|| run(&model, &request));
         let status = model
             .wait_for_engine(PATIENCE, |s| s.waiting == 1 || s.active == 0)
             .unwrap();
-        // Either seen waiting, or the first finished first; both mean it did not fail.
+        // Seen waiting for the first one's blocks (or, on a slow machine, the first finished
+        // before the second arrived); either way neither fails.
         assert!(status.waiting == 1 || status.active == 0, "{status:?}");
         vec![first.join().unwrap(), second.join().unwrap()]
     });
