@@ -811,6 +811,7 @@ fn whoami() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attack_is_stopped_as_joules_own_user() {
+    let _turn = crate::one_box_at_a_time().await;
     let (rows, layers) = suite().await;
     for l in [
         Layer::UserNamespace,

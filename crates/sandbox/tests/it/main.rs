@@ -4,6 +4,14 @@
 mod escape;
 mod sandbox;
 
+/// Tests that run boxed tools take turns: the escape suite counts the cgroups this process
+/// has left behind, and a tool of another test running at that moment would be counted too.
+static BOXES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn one_box_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    BOXES.lock().await
+}
+
 /// A tool named `name` that runs `code` with python3 in isolated mode, its declared
 /// arguments appended to the command line in order (`{name}` placeholders).
 fn python_tool(

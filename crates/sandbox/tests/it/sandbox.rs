@@ -46,6 +46,7 @@ fn a_tool_granted_network_gets_no_network_layers() {
 /// policy requires but this tool cannot have stops it before it starts.
 #[tokio::test]
 async fn network_needs_both_grants_and_a_required_layer_is_enforced() {
+    let _turn = crate::one_box_at_a_time().await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let mut t = python(
@@ -89,6 +90,7 @@ async fn network_needs_both_grants_and_a_required_layer_is_enforced() {
 /// granted directory read, a subprocess, `/tmp`, the interpreter's standard library.
 #[tokio::test]
 async fn ordinary_work_runs_in_the_box() {
+    let _turn = crate::one_box_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let docs = dir.path().join("docs");
     std::fs::create_dir(&docs).unwrap();
