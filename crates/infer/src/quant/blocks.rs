@@ -50,6 +50,17 @@ pub struct Q4K {
     pub qs: [u8; 128],
 }
 
+/// 256 weights in sixteen sub-blocks of 16: `d * scale_j * (q - 32)`, `q` six bits, its low
+/// four in `ql` and high two in `qh` (see [`super::x86::avx512::dot_q6k_q8k`] for the order).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Q6K {
+    pub ql: [u8; 128],
+    pub qh: [u8; 64],
+    pub scales: [i8; 16],
+    pub d: f16,
+}
+
 /// 256 values: `d * q`, with the sums of each 16 for the K-quants' minimums.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
@@ -73,6 +84,8 @@ const _: () = {
     assert!(align_of::<Q8_1>() == align_of::<kq::BlockQ8_1>());
     assert!(size_of::<Q4K>() == size_of::<kq::BlockQ4K>());
     assert!(size_of::<Q8K>() == size_of::<kq::BlockQ8K>());
+    assert!(size_of::<Q6K>() == size_of::<kq::BlockQ6K>());
+    assert!(align_of::<Q6K>() == align_of::<kq::BlockQ6K>());
     assert!(align_of::<Q4K>() == align_of::<kq::BlockQ4K>());
     assert!(align_of::<Q8K>() == align_of::<kq::BlockQ8K>());
 };

@@ -6,11 +6,12 @@
 //! thread pool; each tile meets every activation row while it is in cache, so a prefill of `m`
 //! tokens reads the weights once instead of `m` times. Dot products use SIMD kernels chosen at
 //! run time: this crate's AVX2 and AVX-512 VNNI ones for the formats candle leaves scalar
-//! (Q4_1, Q5_0, Q8_0) and, with VNNI, for Q4_K; candle's own for the others (its Q4_0, Q6_K and
-//! AVX2 Q4_K paths are already vectorised).
+//! (Q4_1, Q5_0, Q8_0) and, with VNNI, for Q4_K and Q6_K; candle's own for the others (its Q4_0
+//! and AVX2 K-quant paths are already vectorised).
 
 pub mod blocks;
 mod storage;
+pub mod tiled;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
@@ -18,6 +19,7 @@ pub use storage::{Aligned, Residence, Storage, huge_pages_offered, load};
 
 use std::cell::RefCell;
 use std::mem::{align_of, size_of};
+use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::quantized::GgmlDType;
@@ -153,27 +155,31 @@ impl QWeight {
         match self.dtype {
             GgmlDType::F32 => matmul_f32(self, k, x, m, out),
             GgmlDType::Q4_0 => {
-                product::<kq::BlockQ4_0>(self, k, x, m, out, kq::BlockQ4_0::vec_dot, None)
+                product::<kq::BlockQ4_0>(self, k, x, m, out, kq::BlockQ4_0::vec_dot, None, None)
             }
-            GgmlDType::Q4_1 => product::<kq::BlockQ4_1>(self, k, x, m, out, k.q4_1, k.q4_1_x4),
-            GgmlDType::Q5_0 => product::<kq::BlockQ5_0>(self, k, x, m, out, k.q5_0, k.q5_0_x4),
+            GgmlDType::Q4_1 => {
+                product::<kq::BlockQ4_1>(self, k, x, m, out, k.q4_1, k.q4_1_x4, None)
+            }
+            GgmlDType::Q5_0 => {
+                product::<kq::BlockQ5_0>(self, k, x, m, out, k.q5_0, None, k.q5_0_tiled)
+            }
             GgmlDType::Q5_1 => {
-                product::<kq::BlockQ5_1>(self, k, x, m, out, kq::BlockQ5_1::vec_dot, None)
+                product::<kq::BlockQ5_1>(self, k, x, m, out, kq::BlockQ5_1::vec_dot, None, None)
             }
-            GgmlDType::Q8_0 => product::<kq::BlockQ8_0>(self, k, x, m, out, k.q8_0, k.q8_0_x4),
+            GgmlDType::Q8_0 => {
+                product::<kq::BlockQ8_0>(self, k, x, m, out, k.q8_0, None, k.q8_0_tiled)
+            }
             GgmlDType::Q2K => {
-                product::<kq::BlockQ2K>(self, k, x, m, out, kq::BlockQ2K::vec_dot, None)
+                product::<kq::BlockQ2K>(self, k, x, m, out, kq::BlockQ2K::vec_dot, None, None)
             }
             GgmlDType::Q3K => {
-                product::<kq::BlockQ3K>(self, k, x, m, out, kq::BlockQ3K::vec_dot, None)
+                product::<kq::BlockQ3K>(self, k, x, m, out, kq::BlockQ3K::vec_dot, None, None)
             }
-            GgmlDType::Q4K => product::<kq::BlockQ4K>(self, k, x, m, out, k.q4k, k.q4k_x4),
+            GgmlDType::Q4K => product::<kq::BlockQ4K>(self, k, x, m, out, k.q4k, k.q4k_x4, None),
             GgmlDType::Q5K => {
-                product::<kq::BlockQ5K>(self, k, x, m, out, kq::BlockQ5K::vec_dot, None)
+                product::<kq::BlockQ5K>(self, k, x, m, out, kq::BlockQ5K::vec_dot, None, None)
             }
-            GgmlDType::Q6K => {
-                product::<kq::BlockQ6K>(self, k, x, m, out, kq::BlockQ6K::vec_dot, None)
-            }
+            GgmlDType::Q6K => product::<kq::BlockQ6K>(self, k, x, m, out, k.q6k, k.q6k_x4, None),
             _ => unreachable!("checked by QWeight::new"),
         }
     }
@@ -194,20 +200,27 @@ pub type Dot4<T> = fn(&[T], [&[<T as GgmlType>::VecDotType]; 4]) -> [f32; 4];
 /// Quantises a row of activations into blocks.
 pub type Quantise<B> = fn(&[f32], &mut [B]);
 
+/// Weight rows `rows` against every row of repacked Q8_0 activations, register-tiled (see
+/// [`tiled`]); each result goes to `emit(activation row, weight row, value)`.
+pub type Tiled<T> = fn(&[T], Range<usize>, tiled::Packed<'_>, &mut dyn FnMut(usize, usize, f32));
+
 /// The dot products chosen for this CPU.
 #[derive(Clone, Copy)]
 pub struct Kernels {
     pub q4_1: Dot<kq::BlockQ4_1>,
     pub q5_0: Dot<kq::BlockQ5_0>,
     pub q4_1_x4: Option<Dot4<kq::BlockQ4_1>>,
-    pub q5_0_x4: Option<Dot4<kq::BlockQ5_0>>,
-    pub q8_0_x4: Option<Dot4<kq::BlockQ8_0>>,
     pub q4k_x4: Option<Dot4<kq::BlockQ4K>>,
+    pub q6k_x4: Option<Dot4<kq::BlockQ6K>>,
+    /// Register-tiled products, bit for bit the single-row kernels' results.
+    pub q5_0_tiled: Option<Tiled<kq::BlockQ5_0>>,
+    pub q8_0_tiled: Option<Tiled<kq::BlockQ8_0>>,
     /// Activation quantisers that write what candle's `from_float` writes, faster.
     pub to_q8_0: Option<Quantise<kq::BlockQ8_0>>,
     pub to_q8_1: Option<Quantise<kq::BlockQ8_1>>,
     pub q8_0: Dot<kq::BlockQ8_0>,
     pub q4k: Dot<kq::BlockQ4K>,
+    pub q6k: Dot<kq::BlockQ6K>,
     pub f32: fn(&[f32], &[f32]) -> f32,
     pub axpy: fn(f32, &[f32], &mut [f32]),
     /// `avx512-vnni`, `avx2` or `scalar`.
@@ -222,10 +235,12 @@ impl Kernels {
             q5_0: kq::BlockQ5_0::vec_dot_unopt,
             q8_0: kq::BlockQ8_0::vec_dot_unopt,
             q4k: kq::BlockQ4K::vec_dot_unopt,
+            q6k: kq::BlockQ6K::vec_dot_unopt,
             q4_1_x4: None,
-            q5_0_x4: None,
-            q8_0_x4: None,
             q4k_x4: None,
+            q6k_x4: None,
+            q5_0_tiled: None,
+            q8_0_tiled: None,
             to_q8_0: None,
             to_q8_1: None,
             f32: |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum(),
@@ -269,26 +284,24 @@ impl Kernels {
             q5_0: |_, x, y| unsafe { x86::avx512::dot_q5_0_q8_0(cast(x), cast(y)) },
             q8_0: |_, x, y| unsafe { x86::avx512::dot_q8_0_q8_0(cast(x), cast(y)) },
             q4k: |_, x, y| unsafe { x86::avx512::dot_q4k_q8k(cast(x), cast(y)) },
+            q6k: |_, x, y| unsafe { x86::avx512::dot_q6k_q8k(cast(x), cast(y)) },
             q4_1_x4: Some(|x, y| unsafe {
                 x86::avx512::dot4_q4_1_q8_1(
                     cast(x),
                     [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
                 )
             }),
-            q5_0_x4: Some(|x, y| unsafe {
-                x86::avx512::dot4_q5_0_q8_0(
-                    cast(x),
-                    [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
-                )
+            q5_0_tiled: Some(|x, rows, acts, emit| unsafe {
+                tiled::product_q5_0(cast(x), rows, acts, emit)
             }),
-            q8_0_x4: Some(|x, y| unsafe {
-                x86::avx512::dot4_q8_0_q8_0(
-                    cast(x),
-                    [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
-                )
+            q8_0_tiled: Some(|x, rows, acts, emit| unsafe {
+                tiled::product_q8_0(cast(x), rows, acts, emit)
             }),
             q4k_x4: Some(|x, y| unsafe {
                 x86::avx512::dot4_q4k_q8k(cast(x), [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])])
+            }),
+            q6k_x4: Some(|x, y| unsafe {
+                x86::avx512::dot4_q6k_q8k(cast(x), [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])])
             }),
             to_q8_0: Some(|x, y| unsafe { x86::avx512::quantize_q8_0(x, blocks::cast_mut(y)) }),
             to_q8_1: Some(|x, y| unsafe { x86::avx512::quantize_q8_1(x, blocks::cast_mut(y)) }),
@@ -308,10 +321,12 @@ impl Kernels {
             q8_0: |_, x, y| unsafe { x86::dot_q8_0_q8_0(cast(x), cast(y)) },
             // candle's own AVX2 kernel (it checks the CPU itself).
             q4k: kq::BlockQ4K::vec_dot,
+            q6k: kq::BlockQ6K::vec_dot,
             q4_1_x4: None,
-            q5_0_x4: None,
-            q8_0_x4: None,
             q4k_x4: None,
+            q6k_x4: None,
+            q5_0_tiled: None,
+            q8_0_tiled: None,
             to_q8_0: None,
             to_q8_1: None,
             f32: |a, b| unsafe { x86::dot_f32(a, b) },
@@ -328,6 +343,8 @@ const TILE_ROWS: usize = 16;
 thread_local! {
     /// The quantised activations of the current product, reused so decoding allocates nothing.
     static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// The same activations repacked for the tiled kernels.
+    static PAIRS: RefCell<Vec<tiled::Pair>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A pointer the workers write disjoint elements through.
@@ -370,6 +387,7 @@ fn product<T: GgmlType>(
     out: &mut [f32],
     dot: Dot<T>,
     dot4: Option<Dot4<T>>,
+    tiled: Option<Tiled<T>>,
 ) {
     let (rows, cols) = (w.rows, w.cols);
     let per_row = cols / T::BLCK_SIZE;
@@ -394,6 +412,9 @@ fn product<T: GgmlType>(
         let quantised: &[T::VecDotType] = quantised;
         let dst = Out(out.as_mut_ptr());
         let tiles = rows.div_ceil(TILE_ROWS);
+        if let Some(tiled) = tiled {
+            return tiled_product(w, quantised, m, dst, tiled);
+        }
         let tile = |t: usize| {
             let r0 = t * TILE_ROWS;
             let r1 = (r0 + TILE_ROWS).min(rows);
@@ -423,6 +444,60 @@ fn product<T: GgmlType>(
             }
         };
         if tiles * m * cols < 1 << 14 {
+            (0..tiles).for_each(tile);
+        } else {
+            pool().execute_chunked(tiles, |range| range.for_each(tile));
+        }
+    });
+}
+
+/// [`product`]'s parallel tiles for a format with a register-tiled kernel: the Q8_0
+/// activations repacked once, then each task's weight rows against all of them.
+fn tiled_product<T: GgmlType>(
+    w: &QWeight,
+    quantised: &[T::VecDotType],
+    m: usize,
+    dst: Out,
+    tiled: Tiled<T>,
+) {
+    assert_eq!(
+        T::VecDotType::DTYPE,
+        GgmlDType::Q8_0,
+        "tiled kernels read Q8_0 activations"
+    );
+    // SAFETY: the activations are candle's Q8_0 blocks (asserted), viewed as their mirror.
+    let blocks: &[blocks::Q8_0] = unsafe { blocks::cast(quantised) };
+    let (rows, per_row) = (w.rows, w.cols / T::BLCK_SIZE);
+    let weights = w.blocks::<T>();
+    PAIRS.with(|cell| {
+        let mut pairs = cell.borrow_mut();
+        let need = m * (per_row / 2);
+        if pairs.len() < need {
+            pairs.resize(
+                need,
+                tiled::Pair {
+                    qs: [0; 64],
+                    d: [0.0; 16],
+                },
+            );
+        }
+        tiled::pack(blocks, per_row, &mut pairs[..need]);
+        let acts = tiled::Packed {
+            blocks,
+            pairs: &pairs[..need],
+            m,
+            per_row,
+        };
+        let tile = |t: usize| {
+            let r0 = t * TILE_ROWS;
+            let r1 = (r0 + TILE_ROWS).min(rows);
+            tiled(weights, r0..r1, acts, &mut |i, r, v| {
+                // SAFETY: i < m and r < rows, inside `out`; no other task writes (i, r).
+                unsafe { *dst.at(i * rows + r) = v };
+            });
+        };
+        let tiles = rows.div_ceil(TILE_ROWS);
+        if tiles * m * w.cols < 1 << 14 {
             (0..tiles).for_each(tile);
         } else {
             pool().execute_chunked(tiles, |range| range.for_each(tile));

@@ -198,7 +198,7 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 pub mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::blocks::{Q4_1, Q4K, Q5_0, Q8_0, Q8_1, Q8K};
+    use super::super::blocks::{Q4_1, Q4K, Q5_0, Q6K, Q8_0, Q8_1, Q8K};
     use super::h2f;
 
     #[inline]
@@ -428,39 +428,6 @@ pub mod avx512 {
         total
     }
 
-    /// Q8_0 weights against four activation rows (a batch's tokens): each weight pair is
-    /// loaded once; every row takes the single product's steps, so its result does not depend
-    /// on its company.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dot4_q8_0_q8_0(xs: &[Q8_0], ys: [&[Q8_0]; 4]) -> [f32; 4] {
-        let n = xs.len();
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 2 <= n {
-            let (x0, x1) = (&xs[i], &xs[i + 1]);
-            // SAFETY: the features are enabled for this function.
-            unsafe {
-                let w = q8_0_weights(x0, x1);
-                for t in 0..4 {
-                    q8_0_step(w, x0, x1, &ys[t][i], &ys[t][i + 1], &mut acc[t]);
-                }
-            }
-            i += 2;
-        }
-        let mut out = [0f32; 4];
-        for t in 0..4 {
-            out[t] = _mm512_reduce_add_ps(acc[t]);
-            if i < n {
-                // SAFETY: AVX2, FMA and F16C are enabled.
-                out[t] += unsafe { super::dot_q8_0_q8_0(&xs[i..n], &ys[t][i..n]) };
-            }
-        }
-        out
-    }
-
     /// Q4_K weights against Q8_K activations (decoding the 1.5B model, most of whose weights
     /// are Q4_K). Each 32 bytes of nibbles hold two sub-blocks, low nibbles then high, whose
     /// activations are the next 64 bytes: one register of both, one `vpdpbusd`, then each
@@ -591,6 +558,135 @@ pub mod avx512 {
         _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(acc_m)
     }
 
+    /// Q6_K weights against Q8_K activations (Qwen2.5's `ffn_down` in half the layers, and
+    /// the output of K-quant files). Each half block of 128 weights is 64 bytes of low nibbles
+    /// (`ql`) and 32 of high bit pairs (`qh`): the low nibbles of `ql[0..64]` with pairs 0 and 1
+    /// of `qh[0..32]` are weights 0-63, the high nibbles with pairs 2 and 3 weights 64-127, so
+    /// two 512-bit registers hold a half with the activations in their order. The offset of 32
+    /// is taken off the bytes and the product is signed (`|q - 32|` against `y` with its sign,
+    /// one `vpdpbusd`), so no correction from the activations' sums is needed.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot_q6k_q8k(xs: &[Q6K], ys: &[Q8K]) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        for (x, y) in xs.iter().zip(ys) {
+            // SAFETY: the features are enabled for this function.
+            unsafe { q6k_step(&q6k_weights(x), x, y, &mut acc) };
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// Q6_K weights against four activation rows, each block unpacked once (see
+    /// [`dot4_q4k_q8k`]).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot4_q6k_q8k(xs: &[Q6K], ys: [&[Q8K]; 4]) -> [f32; 4] {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (i, x) in xs.iter().enumerate() {
+            // SAFETY: the features are enabled for this function.
+            unsafe {
+                let w = q6k_weights(x);
+                for t in 0..4 {
+                    q6k_step(&w, x, &ys[t][i], &mut acc[t]);
+                }
+            }
+        }
+        acc.map(|a| _mm512_reduce_add_ps(a))
+    }
+
+    /// A Q6_K block's weight side: four registers of 64 weights as magnitudes of `q - 32`
+    /// with the masks of the negative ones, and each register's four sub-block scales spread
+    /// over the lanes their products land in.
+    struct Q6kWeights {
+        q: [(__m512i, __mmask64); 4],
+        scales: [__m512; 4],
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q6k_weights(x: &Q6K) -> Q6kWeights {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m2 = _mm512_set1_epi8(0x30);
+        let offset = _mm512_set1_epi8(32);
+        // Per 256-bit half, in 16-bit words: pairs 0 and 1 moved up to bits 4-5, and pairs 2
+        // and 3.
+        let up = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+        let down = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+        let signed = |v: __m512i| {
+            let v = _mm512_sub_epi8(v, offset);
+            (_mm512_abs_epi8(v), _mm512_movepi8_mask(v))
+        };
+        let mut q = [(_mm512_setzero_si512(), 0); 4];
+        for half in 0..2 {
+            // SAFETY: 64 bytes at 64 half inside `ql` (128), 32 at 32 half inside `qh` (64).
+            let (ql, qh) = unsafe {
+                (
+                    _mm512_loadu_si512(x.ql.as_ptr().add(64 * half).cast()),
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(x.qh.as_ptr().add(32 * half).cast())),
+                )
+            };
+            let lo = _mm512_and_si512(ql, m4);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4);
+            let h_lo = _mm512_and_si512(_mm512_sllv_epi16(qh, up), m2);
+            let h_hi = _mm512_and_si512(_mm512_srlv_epi16(qh, down), m2);
+            q[2 * half] = signed(_mm512_or_si512(lo, h_lo));
+            q[2 * half + 1] = signed(_mm512_or_si512(hi, h_hi));
+        }
+        // SAFETY: 16 bytes, the scales.
+        let all = unsafe {
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                x.scales.as_ptr().cast(),
+            )))
+        };
+        Q6kWeights {
+            q,
+            scales: std::array::from_fn(|j| {
+                let j = 4 * j as i32;
+                let pick = _mm512_set_epi32(
+                    j + 3,
+                    j + 3,
+                    j + 3,
+                    j + 3,
+                    j + 2,
+                    j + 2,
+                    j + 2,
+                    j + 2,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j,
+                    j,
+                    j,
+                    j,
+                );
+                _mm512_permutexvar_ps(pick, all)
+            }),
+        }
+    }
+
+    /// One Q6_K block against one Q8_K block into `acc`. Each lane's sum is exact: four
+    /// products of at most 32 x 127, times a scale of at most 128, over four registers, stays
+    /// below 2^24.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q6k_step(w: &Q6kWeights, x: &Q6K, y: &Q8K, acc: &mut __m512) {
+        let zero = _mm512_setzero_si512();
+        let mut sum = _mm512_setzero_ps();
+        for (j, ((ax, negative), scale)) in w.q.iter().zip(&w.scales).enumerate() {
+            // SAFETY: 64 bytes at 64j inside y's 256.
+            let qy = unsafe { _mm512_loadu_si512(y.qs.as_ptr().add(64 * j).cast()) };
+            let sy = _mm512_mask_sub_epi8(qy, *negative, zero, qy);
+            let dot = _mm512_dpbusd_epi32(zero, *ax, sy);
+            sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), *scale, sum);
+        }
+        *acc = _mm512_fmadd_ps(_mm512_set1_ps(y.d * h2f(x.d)), sum, *acc);
+    }
+
     /// Q4_1 weights against four activation rows: each weight block is unpacked once and
     /// multiplied with all four (a prefill's tokens), the work of four single dot products in
     /// a little over half the instructions.
@@ -622,37 +718,6 @@ pub mod avx512 {
             if i < n {
                 // SAFETY: AVX2, FMA and F16C are enabled.
                 out[t] += unsafe { super::dot_q4_1_q8_1(&xs[i..n], &ys[t][i..n]) };
-            }
-        }
-        out
-    }
-
-    /// Q5_0 weights against four activation rows (see [`dot4_q4_1_q8_1`]).
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dot4_q5_0_q8_0(xs: &[Q5_0], ys: [&[Q8_0]; 4]) -> [f32; 4] {
-        let n = xs.len();
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 2 <= n {
-            // SAFETY: the features are enabled for this function. Each row takes the single
-            // product's steps, so its result does not depend on its company.
-            unsafe {
-                let w = q5_0_weights(&xs[i], &xs[i + 1]);
-                for t in 0..4 {
-                    q5_0_step(w, &xs[i], &xs[i + 1], &ys[t][i], &ys[t][i + 1], &mut acc[t]);
-                }
-            }
-            i += 2;
-        }
-        let mut out = [0f32; 4];
-        for t in 0..4 {
-            out[t] = _mm512_reduce_add_ps(acc[t]);
-            if i < n {
-                // SAFETY: AVX2, FMA and F16C are enabled.
-                out[t] += unsafe { super::dot_q5_0_q8_0(&xs[i..n], &ys[t][i..n]) };
             }
         }
         out

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::k_quants::{self as kq, GgmlType};
 use joule_infer::Kernels;
-use joule_infer::quant::{Aligned, QWeight};
+use joule_infer::quant::{Aligned, QWeight, tiled};
 use proptest::prelude::*;
 
 /// Random values with a spread of magnitudes, as activations have.
@@ -90,6 +90,84 @@ fn check4<T: GgmlType>(
     }
 }
 
+/// A register-tiled product (weight rows against activation rows, in tiles of up to four by
+/// four and the leftovers) gives every pair what the scalar reference gives it, and bit for bit
+/// what the single-row kernel gives it.
+fn check_tiled<T: GgmlType<VecDotType = kq::BlockQ8_0>>(
+    seed: u64,
+    n: usize,
+    single: joule_infer::quant::Dot<T>,
+    fast: Option<joule_infer::quant::Tiled<T>>,
+) {
+    let Some(fast) = fast else { return };
+    // Rows and activation counts that leave partial tiles both ways.
+    let (rows, m) = (6 + seed as usize % 3, 1 + (seed >> 8) as usize % 7);
+    let w: Vec<Vec<f32>> = (0..rows)
+        .map(|r| values(seed ^ (r as u64 * 0x77), n))
+        .collect();
+    let wq: Vec<T> = w.iter().flat_map(|r| blocks::<T>(r)).collect();
+    let acts: Vec<Vec<f32>> = (0..m)
+        .map(|t| values(seed ^ ((t as u64 + 1) * 0x51ed), n))
+        .collect();
+    let aq: Vec<kq::BlockQ8_0> = acts
+        .iter()
+        .flat_map(|a| blocks::<kq::BlockQ8_0>(a))
+        .collect();
+    // SAFETY: candle's Q8_0 blocks viewed as their mirror.
+    let mirror: &[joule_infer::quant::blocks::Q8_0] =
+        unsafe { joule_infer::quant::blocks::cast(&aq) };
+    let per_row = n / 32;
+    let mut pairs = vec![
+        tiled::Pair {
+            qs: [0; 64],
+            d: [0.0; 16]
+        };
+        m * (per_row / 2)
+    ];
+    tiled::pack(mirror, per_row, &mut pairs);
+    let packed = tiled::Packed {
+        blocks: mirror,
+        pairs: &pairs,
+        m,
+        per_row,
+    };
+    let mut got = vec![f32::NAN; m * rows];
+    let mut seen = 0;
+    // Two calls over halves of the rows, as two tasks would split them.
+    for part in [0..rows / 2, rows / 2..rows] {
+        fast(&wq, part, packed, &mut |i, r, v| {
+            got[i * rows + r] = v;
+            seen += 1;
+        });
+    }
+    assert_eq!(
+        seen,
+        m * rows,
+        "{:?}: every (row, activation) once",
+        T::DTYPE
+    );
+    for r in 0..rows {
+        let wr = &wq[r * per_row..(r + 1) * per_row];
+        for i in 0..m {
+            let ai = &aq[i * per_row..(i + 1) * per_row];
+            let reference = T::vec_dot_unopt(n, wr, ai);
+            let v = got[i * rows + r];
+            assert!(
+                close(v, reference, magnitude(&w[r], &acts[i])),
+                "{:?} tiled ({i},{r}) n={n} seed={seed}: {v} vs reference {reference}",
+                T::DTYPE
+            );
+            let alone = single(n, wr, ai);
+            assert_eq!(
+                v.to_bits(),
+                alone.to_bits(),
+                "{:?} tiled ({i},{r}) n={n} seed={seed}: {v} tiled, {alone} alone",
+                T::DTYPE
+            );
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -103,9 +181,11 @@ proptest! {
         // K-quant blocks are 256 wide.
         check::<kq::BlockQ4K>(seed, n.div_ceil(256) * 256, k.q4k);
         check4::<kq::BlockQ4_1>(seed, n, k.q4_1, k.q4_1_x4);
-        check4::<kq::BlockQ5_0>(seed, n, k.q5_0, k.q5_0_x4);
-        check4::<kq::BlockQ8_0>(seed, n, k.q8_0, k.q8_0_x4);
+        check_tiled::<kq::BlockQ5_0>(seed, n, k.q5_0, k.q5_0_tiled);
+        check_tiled::<kq::BlockQ8_0>(seed, n, k.q8_0, k.q8_0_tiled);
         check4::<kq::BlockQ4K>(seed, n.div_ceil(256) * 256, k.q4k, k.q4k_x4);
+        check::<kq::BlockQ6K>(seed, n.div_ceil(256) * 256, k.q6k);
+        check4::<kq::BlockQ6K>(seed, n.div_ceil(256) * 256, k.q6k, k.q6k_x4);
         let (a, b) = (values(seed, n + 7), values(seed + 1, n + 7));
         let reference: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         prop_assert!(close((k.f32)(&a, &b), reference, magnitude(&a, &b)));
@@ -196,7 +276,7 @@ fn the_tiled_parallel_product_equals_a_plain_one_for_every_format() {
         GgmlDType::F32,
     ] {
         // Rows not a multiple of the tile, and batches of 1 (decode) and several (prefill).
-        let (rows, cols) = (45, 512);
+        let (rows, cols) = (45, 512 + 32 * (dtype.block_size() == 32) as usize);
         let w = weight(dtype, rows, cols, 7);
         let dense = w.to_f32();
         for m in [1, 5, 9] {
@@ -218,6 +298,9 @@ fn the_tiled_parallel_product_equals_a_plain_one_for_every_format() {
                     );
                 }
             }
+            // Each element is bit for bit the single-row kernel's dot product (the tiled and
+            // four-row paths take its steps).
+            single_rows(dtype, &k, &w, &x, m, &out);
             // The same product row by row (how a sequence alone sees it) gives the same
             // numbers bit for bit: a row's product does not depend on its company.
             for i in 0..m {
@@ -228,6 +311,45 @@ fn the_tiled_parallel_product_equals_a_plain_one_for_every_format() {
                 }
             }
         }
+    }
+}
+
+/// `out` (an `m`-row product of `w` with `x`) against this CPU's single-row kernel applied to
+/// each weight row and quantised activation row, for the formats that have one.
+fn single_rows(dtype: GgmlDType, k: &Kernels, w: &QWeight, x: &[f32], m: usize, out: &[f32]) {
+    fn each<T: GgmlType>(
+        w: &QWeight,
+        x: &[f32],
+        m: usize,
+        out: &[f32],
+        dot: joule_infer::quant::Dot<T>,
+    ) {
+        let (rows, cols) = (w.rows, w.cols);
+        let per_row = cols / T::BLCK_SIZE;
+        // SAFETY: the weight bytes are whole blocks of T, written by `blocks::<T>`.
+        let wb: &[T] =
+            unsafe { std::slice::from_raw_parts(w.bytes().as_ptr().cast(), rows * per_row) };
+        for i in 0..m {
+            let a = blocks::<T::VecDotType>(&x[i * cols..(i + 1) * cols]);
+            for r in 0..rows {
+                let alone = dot(cols, &wb[r * per_row..(r + 1) * per_row], &a);
+                let got = out[i * rows + r];
+                assert_eq!(
+                    got.to_bits(),
+                    alone.to_bits(),
+                    "{:?} ({i},{r}): {got} vs {alone}",
+                    T::DTYPE
+                );
+            }
+        }
+    }
+    match dtype {
+        GgmlDType::Q4_1 => each::<kq::BlockQ4_1>(w, x, m, out, k.q4_1),
+        GgmlDType::Q5_0 => each::<kq::BlockQ5_0>(w, x, m, out, k.q5_0),
+        GgmlDType::Q8_0 => each::<kq::BlockQ8_0>(w, x, m, out, k.q8_0),
+        GgmlDType::Q4K => each::<kq::BlockQ4K>(w, x, m, out, k.q4k),
+        GgmlDType::Q6K => each::<kq::BlockQ6K>(w, x, m, out, k.q6k),
+        _ => {}
     }
 }
 
