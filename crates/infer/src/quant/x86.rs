@@ -430,19 +430,20 @@ pub mod avx512 {
 
     /// Q4_K weights against Q8_K activations (decoding the 1.5B model, most of whose weights
     /// are Q4_K). Each 32 bytes of nibbles hold two sub-blocks, low nibbles then high, whose
-    /// activations are the next 64 bytes: one register of both, one `vpdpbusd`, then each
-    /// half times its sub-block's scale. The minimums come off once per block from the
-    /// activations' precomputed sums, as in candle's AVX2 kernel.
+    /// activations are the next 64 bytes: one register of both; `vpmaddubsw` multiplies and
+    /// pairs them into 16-bit sums and `vpdpwssd` applies each sub-block's 6-bit scale and adds
+    /// into 32-bit integers, exactly, so a block costs one conversion. The minimums come off
+    /// once per block from the activations' precomputed sums of 16.
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_q4k_q8k(xs: &[Q4K], ys: &[Q8K]) -> f32 {
         let mut acc = _mm512_setzero_ps();
-        let mut acc_m = _mm_setzero_ps();
+        let mut acc_m = _mm256_setzero_ps();
         for (x, y) in xs.iter().zip(ys) {
             // SAFETY: the features are enabled for this function.
-            unsafe { q4k_step(&q4k_weights(x), x, y, &mut acc, &mut acc_m) };
+            unsafe { q4k_step(&q4k_weights(x), y, &mut acc, &mut acc_m) };
         }
         q4k_total(acc, acc_m)
     }
@@ -456,13 +457,13 @@ pub mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot4_q4k_q8k(xs: &[Q4K], ys: [&[Q8K]; 4]) -> [f32; 4] {
         let mut acc = [_mm512_setzero_ps(); 4];
-        let mut acc_m = [_mm_setzero_ps(); 4];
+        let mut acc_m = [_mm256_setzero_ps(); 4];
         for (i, x) in xs.iter().enumerate() {
             // SAFETY: the features are enabled for this function.
             unsafe {
                 let w = q4k_weights(x);
                 for t in 0..4 {
-                    q4k_step(&w, x, &ys[t][i], &mut acc[t], &mut acc_m[t]);
+                    q4k_step(&w, ys[t].get_unchecked(i), &mut acc[t], &mut acc_m[t]);
                 }
             }
         }
@@ -470,13 +471,15 @@ pub mod avx512 {
     }
 
     /// A Q4_K block's weight side, unpacked once for every activation row it meets: its
-    /// nibbles (two sub-blocks per register, low nibbles then high), each register's
-    /// sub-block scales spread over its lanes as floats (lanes 0-7 sub-block 2j's, 8-15
-    /// 2j + 1's), and its 6-bit minimums widened for the activations' sub-block sums.
+    /// nibbles (two sub-blocks per register, low nibbles then high), each register's two
+    /// sub-block scales as 16-bit lanes (0-15 sub-block 2j's, 16-31 2j + 1's), its 6-bit
+    /// minimums each twice (one per 16 activations' sum), and its two scales as f32.
     struct Q4kWeights {
         q4: [__m512i; 4],
-        scales: [__m512; 4],
-        mins: __m128i,
+        scales: [__m512i; 4],
+        mins: __m256i,
+        d: f32,
+        dmin: f32,
     }
 
     #[inline]
@@ -494,10 +497,20 @@ pub mod avx512 {
         u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
         u[2] = mins_hi;
         u[0] &= KMASK1;
-        // Bytes 0-7: the sub-blocks' scales; 8-15: their minimums.
+        // Words 0-7: the sub-blocks' scales; 8-15: their minimums.
         let packed = _mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32);
-        let all = _mm512_cvtepu8_epi32(packed);
+        let all = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(packed));
         let m4 = _mm512_set1_epi8(0xF);
+        let spread = |lo: i16, hi: i16| {
+            _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_set1_epi16(lo)),
+                _mm256_set1_epi16(hi),
+                1,
+            )
+        };
+        let twice = _mm512_castsi256_si512(_mm256_set_epi16(
+            15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8,
+        ));
         Q4kWeights {
             q4: std::array::from_fn(|j| {
                 // SAFETY: 32 bytes at 32j inside `qs` (128 bytes).
@@ -508,54 +521,44 @@ pub mod avx512 {
                 )
             }),
             scales: std::array::from_fn(|j| {
-                let pick = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_set1_epi32(2 * j as i32)),
-                    _mm256_set1_epi32(2 * j as i32 + 1),
-                    1,
-                );
-                _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(pick, all))
+                _mm512_permutexvar_epi16(spread(2 * j as i16, 2 * j as i16 + 1), all)
             }),
-            mins: _mm_cvtepu8_epi16(_mm_srli_si128(packed, 8)),
+            mins: _mm512_castsi512_si256(_mm512_permutexvar_epi16(twice, all)),
+            d: h2f(x.d),
+            dmin: h2f(x.dmin),
         }
     }
 
     /// One Q4_K block against one Q8_K block: the sub-block products times their scales into
-    /// `acc`, the minimums (from the activations' precomputed sums) into `acc_m`.
-    ///
-    /// The scaled products are summed as floats, yet exactly: each lane's product of 4-bit
-    /// weights and 8-bit activations is at most 4 x 15 x 127, times a 6-bit scale and summed
-    /// over four registers it stays below 2^24, where f32 holds every integer; so this is the
-    /// integer sum, converted once, without the slow 32-bit integer multiplies.
+    /// `acc`, the minimums (from the activations' sums of 16) into `acc_m`. The integer sum of
+    /// each lane is exact (at most 4 x 15 x 127 x 63 per register, four registers), and
+    /// `vpmaddubsw` cannot saturate (two products of at most 15 x 127).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4k_step(w: &Q4kWeights, x: &Q4K, y: &Q8K, acc: &mut __m512, acc_m: &mut __m128) {
-        let d = y.d * h2f(x.d);
-        let dmin = -y.d * h2f(x.dmin);
+    unsafe fn q4k_step(w: &Q4kWeights, y: &Q8K, acc: &mut __m512, acc_m: &mut __m256) {
         // SAFETY: `bsums` is 16 i16s, 32 bytes.
         let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
-        let sub_sums = _mm_hadd_epi16(
-            _mm256_castsi256_si128(bsums),
-            _mm256_extracti128_si256(bsums, 1),
-        );
-        let m = _mm_madd_epi16(w.mins, sub_sums);
-        *acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), *acc_m);
-
-        let mut sum = _mm512_setzero_ps();
+        let m = _mm256_madd_epi16(w.mins, bsums);
+        *acc_m = _mm256_fmadd_ps(_mm256_set1_ps(-y.d * w.dmin), _mm256_cvtepi32_ps(m), *acc_m);
+        let mut sum = _mm512_setzero_si512();
         for (j, (q4, scale)) in w.q4.iter().zip(&w.scales).enumerate() {
             // SAFETY: 64 bytes at 64j inside y's 256.
             let q8 = unsafe { _mm512_loadu_si512(y.qs.as_ptr().add(64 * j).cast()) };
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), *q4, q8);
-            sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), *scale, sum);
+            sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(*q4, q8), *scale);
         }
-        *acc = _mm512_fmadd_ps(_mm512_set1_ps(d), sum, *acc);
+        *acc = _mm512_fmadd_ps(_mm512_set1_ps(y.d * w.d), _mm512_cvtepi32_ps(sum), *acc);
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    fn q4k_total(acc: __m512, acc_m: __m128) -> f32 {
-        let acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-        let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-        _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(acc_m)
+    fn q4k_total(acc: __m512, acc_m: __m256) -> f32 {
+        let m = _mm_add_ps(
+            _mm256_castps256_ps128(acc_m),
+            _mm256_extractf128_ps(acc_m, 1),
+        );
+        let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(m)
     }
 
     /// Q6_K weights against Q8_K activations (Qwen2.5's `ffn_down` in half the layers, and
