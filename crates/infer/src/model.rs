@@ -191,7 +191,9 @@ impl Model {
                 e => InferError::Format(format!("`{name}`: {e}")),
             })
         };
-        let matrix = |name: &str| tensor(name);
+        // SAFETY: each layer matrix is read through this one view (the embeddings, which the
+        // output may share, are not prepared).
+        let matrix = |name: &str| tensor(name).and_then(|t| unsafe { t.prepare(&kernels) });
         let vector = |name: &str| tensor(name).map(|t| t.to_f32());
         let optional = |name: &str| {
             ct.tensor_infos

@@ -10,12 +10,13 @@
 //! and AVX2 K-quant paths are already vectorised).
 
 pub mod blocks;
+pub mod interleaved;
 mod storage;
 pub mod tiled;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
-pub use storage::{Aligned, Residence, Storage, huge_pages_offered, load};
+pub use storage::{Aligned, Residence, Storage, anonymous, huge_pages_offered, load};
 
 use std::cell::RefCell;
 use std::mem::{align_of, size_of};
@@ -37,6 +38,8 @@ pub struct QWeight {
     storage: Arc<dyn Storage>,
     start: usize,
     len: usize,
+    /// Q4_K rows regrouped sixteen at a time ([`interleaved`]) rather than GGUF's blocks.
+    interleaved: bool,
 }
 
 impl std::fmt::Debug for QWeight {
@@ -102,6 +105,40 @@ impl QWeight {
             storage,
             start,
             len,
+            interleaved: false,
+        })
+    }
+
+    /// The matrix in the layout this CPU's fastest product for its format reads: Q4_K rows
+    /// regrouped sixteen at a time where the kernels have the interleaved product, the file's
+    /// bytes released (see [`interleaved`]); anything else as it is.
+    ///
+    /// # Safety
+    /// No other view of this matrix's bytes (a clone of `self`, or another `QWeight` over the
+    /// same range) is read afterwards: the released bytes may read as zeros.
+    pub unsafe fn prepare(self, k: &Kernels) -> Result<Self, InferError> {
+        if self.dtype != GgmlDType::Q4K
+            || self.interleaved
+            || k.q4k_x16.is_none()
+            || !self.rows.is_multiple_of(interleaved::ROWS)
+        {
+            return Ok(self);
+        }
+        let per_row = self.cols / 256;
+        let len = interleaved::packed_len(self.rows, per_row);
+        let storage = anonymous(len, |out| {
+            // SAFETY: Q4_K blocks viewed as their mirror.
+            let blocks: &[blocks::Q4K] = unsafe { blocks::cast(self.blocks::<kq::BlockQ4K>()) };
+            interleaved::pack(blocks, self.rows, per_row, out);
+        })?;
+        // SAFETY: the caller promises nothing else reads this range.
+        unsafe { self.storage.release(self.start, self.len) };
+        Ok(Self {
+            storage,
+            start: 0,
+            len,
+            interleaved: true,
+            ..self
         })
     }
 
@@ -121,6 +158,9 @@ impl QWeight {
     /// Row `r` as f32 (an embedding lookup).
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let out = &mut out[..self.cols];
+        if self.interleaved {
+            return interleaved::row(self.bytes(), self.cols / 256, r, out);
+        }
         match self.dtype {
             GgmlDType::F32 => {
                 out.copy_from_slice(&self.blocks::<f32>()[r * self.cols..][..self.cols])
@@ -152,34 +192,131 @@ impl QWeight {
     /// `out` is `m x rows`.
     pub fn matmul(&self, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
         assert!(x.len() >= m * self.cols && out.len() >= m * self.rows);
+        if self.interleaved {
+            return interleaved_product(self, k, x, m, out);
+        }
         match self.dtype {
             GgmlDType::F32 => matmul_f32(self, k, x, m, out),
-            GgmlDType::Q4_0 => {
-                product::<kq::BlockQ4_0>(self, k, x, m, out, kq::BlockQ4_0::vec_dot, None, None)
-            }
-            GgmlDType::Q4_1 => {
-                product::<kq::BlockQ4_1>(self, k, x, m, out, k.q4_1, k.q4_1_x4, None)
-            }
-            GgmlDType::Q5_0 => {
-                product::<kq::BlockQ5_0>(self, k, x, m, out, k.q5_0, None, k.q5_0_tiled)
-            }
-            GgmlDType::Q5_1 => {
-                product::<kq::BlockQ5_1>(self, k, x, m, out, kq::BlockQ5_1::vec_dot, None, None)
-            }
-            GgmlDType::Q8_0 => {
-                product::<kq::BlockQ8_0>(self, k, x, m, out, k.q8_0, None, k.q8_0_tiled)
-            }
-            GgmlDType::Q2K => {
-                product::<kq::BlockQ2K>(self, k, x, m, out, kq::BlockQ2K::vec_dot, None, None)
-            }
-            GgmlDType::Q3K => {
-                product::<kq::BlockQ3K>(self, k, x, m, out, kq::BlockQ3K::vec_dot, None, None)
-            }
-            GgmlDType::Q4K => product::<kq::BlockQ4K>(self, k, x, m, out, k.q4k, k.q4k_x4, None),
-            GgmlDType::Q5K => {
-                product::<kq::BlockQ5K>(self, k, x, m, out, kq::BlockQ5K::vec_dot, None, None)
-            }
-            GgmlDType::Q6K => product::<kq::BlockQ6K>(self, k, x, m, out, k.q6k, k.q6k_x4, None),
+            GgmlDType::Q4_0 => product::<kq::BlockQ4_0>(
+                self,
+                k,
+                x,
+                m,
+                out,
+                Route {
+                    dot: kq::BlockQ4_0::vec_dot,
+                    dot4: None,
+                    tiled: None,
+                },
+            ),
+            GgmlDType::Q4_1 => product::<kq::BlockQ4_1>(
+                self,
+                k,
+                x,
+                m,
+                out,
+                Route {
+                    dot: k.q4_1,
+                    dot4: k.q4_1_x4,
+                    tiled: None,
+                },
+            ),
+            GgmlDType::Q5_0 => product::<kq::BlockQ5_0>(
+                self,
+                k,
+                x,
+                m,
+                out,
+                Route {
+                    dot: k.q5_0,
+                    dot4: None,
+                    tiled: k.q5_0_tiled,
+                },
+            ),
+            GgmlDType::Q5_1 => product::<kq::BlockQ5_1>(
+                self,
+                k,
+                x,
+                m,
+                out,
+                Route {
+                    dot: kq::BlockQ5_1::vec_dot,
+                    dot4: None,
+                    tiled: None,
+                },
+            ),
+            GgmlDType::Q8_0 => product::<kq::BlockQ8_0>(
+                self,
+                k,
+                x,
+                m,
+                out,
+                Route {
+                    dot: k.q8_0,
+                    dot4: None,
+                    tiled: k.q8_0_tiled,
+                },
+            ),
+            GgmlDType::Q2K => product::<kq::BlockQ2K>(
+                self,
+                k,
+                x,
+                m,
+                out,
+                Route {
+                    dot: kq::BlockQ2K::vec_dot,
+                    dot4: None,
+                    tiled: None,
+                },
+            ),
+            GgmlDType::Q3K => product::<kq::BlockQ3K>(
+                self,
+                k,
+                x,
+                m,
+                out,
+                Route {
+                    dot: kq::BlockQ3K::vec_dot,
+                    dot4: None,
+                    tiled: None,
+                },
+            ),
+            GgmlDType::Q4K => product::<kq::BlockQ4K>(
+                self,
+                k,
+                x,
+                m,
+                out,
+                Route {
+                    dot: k.q4k,
+                    dot4: k.q4k_x4,
+                    tiled: None,
+                },
+            ),
+            GgmlDType::Q5K => product::<kq::BlockQ5K>(
+                self,
+                k,
+                x,
+                m,
+                out,
+                Route {
+                    dot: kq::BlockQ5K::vec_dot,
+                    dot4: None,
+                    tiled: None,
+                },
+            ),
+            GgmlDType::Q6K => product::<kq::BlockQ6K>(
+                self,
+                k,
+                x,
+                m,
+                out,
+                Route {
+                    dot: k.q6k,
+                    dot4: k.q6k_x4,
+                    tiled: None,
+                },
+            ),
             _ => unreachable!("checked by QWeight::new"),
         }
     }
@@ -204,6 +341,19 @@ pub type Quantise<B> = fn(&[f32], &mut [B]);
 /// [`tiled`]); each result goes to `emit(activation row, weight row, value)`.
 pub type Tiled<T> = fn(&[T], Range<usize>, tiled::Packed<'_>, &mut dyn FnMut(usize, usize, f32));
 
+/// Group `g` of regrouped Q4_K weights (`per_row` blocks a row) against `m` rows of Q8_K
+/// activations and their sub-block sums (see [`interleaved`]); each activation row's sixteen
+/// results go to `emit(activation row, results)`.
+pub type Interleaved = fn(
+    &[u8],
+    usize,
+    usize,
+    &[kq::BlockQ8K],
+    &[[i32; 4]],
+    usize,
+    &mut dyn FnMut(usize, &[f32; interleaved::ROWS]),
+);
+
 /// The dot products chosen for this CPU.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -215,6 +365,8 @@ pub struct Kernels {
     /// Register-tiled products, bit for bit the single-row kernels' results.
     pub q5_0_tiled: Option<Tiled<kq::BlockQ5_0>>,
     pub q8_0_tiled: Option<Tiled<kq::BlockQ8_0>>,
+    /// The product of Q4_K rows regrouped by [`QWeight::prepare`].
+    pub q4k_x16: Option<Interleaved>,
     /// Activation quantisers that write what candle's `from_float` writes, faster.
     pub to_q8_0: Option<Quantise<kq::BlockQ8_0>>,
     pub to_q8_1: Option<Quantise<kq::BlockQ8_1>>,
@@ -241,6 +393,7 @@ impl Kernels {
             q6k_x4: None,
             q5_0_tiled: None,
             q8_0_tiled: None,
+            q4k_x16: None,
             to_q8_0: None,
             to_q8_1: None,
             f32: |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum(),
@@ -303,6 +456,9 @@ impl Kernels {
             q6k_x4: Some(|x, y| unsafe {
                 x86::avx512::dot4_q6k_q8k(cast(x), [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])])
             }),
+            q4k_x16: Some(|w, per_row, g, ys, sums, m, emit| unsafe {
+                interleaved::product(w, per_row, g, cast(ys), sums, m, emit)
+            }),
             to_q8_0: Some(|x, y| unsafe { x86::avx512::quantize_q8_0(x, blocks::cast_mut(y)) }),
             to_q8_1: Some(|x, y| unsafe { x86::avx512::quantize_q8_1(x, blocks::cast_mut(y)) }),
             name: "avx512-vnni",
@@ -327,6 +483,7 @@ impl Kernels {
             q6k_x4: None,
             q5_0_tiled: None,
             q8_0_tiled: None,
+            q4k_x16: None,
             to_q8_0: None,
             to_q8_1: None,
             f32: |a, b| unsafe { x86::dot_f32(a, b) },
@@ -343,6 +500,8 @@ const TILE_ROWS: usize = 16;
 thread_local! {
     /// The quantised activations of the current product, reused so decoding allocates nothing.
     static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// Q8_K activations' sub-block sums for the interleaved Q4_K product.
+    static SUMS: RefCell<Vec<[i32; 4]>> = const { RefCell::new(Vec::new()) };
     /// The same activations repacked for the tiled kernels.
     static PAIRS: RefCell<Vec<tiled::Pair>> = const { RefCell::new(Vec::new()) };
 }
@@ -379,15 +538,21 @@ fn quantise<V: GgmlType>(k: &Kernels, x: &[f32], q: &mut [V]) {
     V::from_float(x, q);
 }
 
+/// The kernels a format's product can take: the register-tiled one if there is one, else
+/// four activation rows at a time where there is a four-row kernel, else row by row.
+struct Route<T: GgmlType> {
+    dot: Dot<T>,
+    dot4: Option<Dot4<T>>,
+    tiled: Option<Tiled<T>>,
+}
+
 fn product<T: GgmlType>(
     w: &QWeight,
     k: &Kernels,
     x: &[f32],
     m: usize,
     out: &mut [f32],
-    dot: Dot<T>,
-    dot4: Option<Dot4<T>>,
-    tiled: Option<Tiled<T>>,
+    Route { dot, dot4, tiled }: Route<T>,
 ) {
     let (rows, cols) = (w.rows, w.cols);
     let per_row = cols / T::BLCK_SIZE;
@@ -502,6 +667,50 @@ fn tiled_product<T: GgmlType>(
         } else {
             pool().execute_chunked(tiles, |range| range.for_each(tile));
         }
+    });
+}
+
+/// The product of regrouped Q4_K rows: activations to Q8_K once, their sub-block sums once,
+/// then each task takes sixteen-row groups. Without the kernel (another CPU's kernel set, in
+/// tests) each row is dequantised and multiplied in f32.
+fn interleaved_product(w: &QWeight, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    let per_row = cols / 256;
+    let dst = Out(out.as_mut_ptr());
+    let Some(kernel) = k.q4k_x16 else {
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            w.row(r, &mut row);
+            for i in 0..m {
+                out[i * rows + r] = (k.f32)(&row, &x[i * cols..(i + 1) * cols]);
+            }
+        }
+        return;
+    };
+    let mut ys = vec![kq::BlockQ8K::zeros(); m * per_row];
+    for i in 0..m {
+        quantise(
+            k,
+            &x[i * cols..(i + 1) * cols],
+            &mut ys[i * per_row..(i + 1) * per_row],
+        );
+    }
+    SUMS.with(|cell| {
+        let mut sums = cell.borrow_mut();
+        // SAFETY: candle's Q8_K blocks viewed as their mirror.
+        interleaved::sub_sums(unsafe { blocks::cast(&ys) }, &mut sums);
+        let sums: &[[i32; 4]] = &sums;
+        let bytes = w.bytes();
+        let group = |g: usize| {
+            kernel(bytes, per_row, g, &ys, sums, m, &mut |i, v| {
+                for (j, v) in v.iter().enumerate() {
+                    // SAFETY: i < m and the group's rows < rows, inside `out`; no other task
+                    // writes this group's rows.
+                    unsafe { *dst.at(i * rows + g * interleaved::ROWS + j) = *v };
+                }
+            });
+        };
+        pool().execute_chunked(rows / interleaved::ROWS, |range| range.for_each(group));
     });
 }
 

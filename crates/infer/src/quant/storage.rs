@@ -20,6 +20,12 @@ pub trait Storage: Send + Sync {
     fn residence(&self) -> Residence {
         Residence::Heap
     }
+    /// Gives the memory of the whole pages inside `start..start + len` back to the system
+    /// (weights regrouped at load no longer need their file bytes); where it cannot, nothing.
+    ///
+    /// # Safety
+    /// No view reads those bytes again: memory read in from the file would read as zeros.
+    unsafe fn release(&self, _start: usize, _len: usize) {}
 }
 
 /// How a model's weights are held in memory.
@@ -55,6 +61,37 @@ impl Storage for Held {
     fn residence(&self) -> Residence {
         self.residence
     }
+    unsafe fn release(&self, start: usize, len: usize) {
+        // Whole pages only: madvise rounds the start down, onto a neighbour's bytes.
+        const PAGE: usize = 4096;
+        let (from, to) = (start.next_multiple_of(PAGE), (start + len) / PAGE * PAGE);
+        if to > from {
+            // SAFETY: the caller promises nothing reads the range again; advice that fails
+            // leaves the memory as it was.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+            };
+        }
+    }
+}
+
+/// `len` bytes of anonymous memory advised for huge pages (where the kernel offers them),
+/// written by `fill` and then made read-only: weights regrouped at load live there as the
+/// file's own would.
+pub fn anonymous(len: usize, fill: impl FnOnce(&mut [u8])) -> Result<Arc<dyn Storage>, InferError> {
+    let mut memory = memmap2::MmapMut::map_anon(len.max(1))
+        .map_err(|e| InferError::Io(format!("allocating {len} bytes for weights: {e}")))?;
+    #[cfg(target_os = "linux")]
+    let _ = memory.advise(memmap2::Advice::HugePage);
+    fill(&mut memory[..len]);
+    let map = memory
+        .make_read_only()
+        .map_err(|e| InferError::Io(format!("protecting regrouped weights: {e}")))?;
+    Ok(Arc::new(Held {
+        map,
+        residence: Residence::HugePages,
+    }))
 }
 
 /// Whether the kernel gives huge pages to memory that asks for them (`always` or `madvise`

@@ -276,9 +276,19 @@ fn the_tiled_parallel_product_equals_a_plain_one_for_every_format() {
         GgmlDType::F32,
     ] {
         // Rows not a multiple of the tile, and batches of 1 (decode) and several (prefill).
-        let (rows, cols) = (45, 512 + 32 * (dtype.block_size() == 32) as usize);
-        let w = weight(dtype, rows, cols, 7);
-        let dense = w.to_f32();
+        // Q4_K rows regroup sixteen at a time where the kernels can (three groups).
+        let rows = if dtype == GgmlDType::Q4K { 48 } else { 45 };
+        let cols = 512 + 32 * (dtype.block_size() == 32) as usize;
+        let plain = weight(dtype, rows, cols, 7);
+        let dense = plain.to_f32();
+        // SAFETY: `plain`'s bytes are an `Aligned` buffer, which `prepare` leaves readable.
+        let w = unsafe { plain.clone().prepare(&k) }.unwrap();
+        let regrouped = dtype == GgmlDType::Q4K && k.q4k_x16.is_some();
+        assert_eq!(
+            w.to_f32(),
+            dense,
+            "{dtype:?}: the prepared matrix holds the same weights"
+        );
         for m in [1, 5, 9] {
             let x = values(11 + m as u64, m * cols);
             let mut out = vec![0f32; m * rows];
@@ -300,7 +310,9 @@ fn the_tiled_parallel_product_equals_a_plain_one_for_every_format() {
             }
             // Each element is bit for bit the single-row kernel's dot product (the tiled and
             // four-row paths take its steps).
-            single_rows(dtype, &k, &w, &x, m, &out);
+            if !regrouped {
+                single_rows(dtype, &k, &w, &x, m, &out);
+            }
             // The same product row by row (how a sequence alone sees it) gives the same
             // numbers bit for bit: a row's product does not depend on its company.
             for i in 0..m {
@@ -351,6 +363,40 @@ fn single_rows(dtype: GgmlDType, k: &Kernels, w: &QWeight, x: &[f32], m: usize, 
         GgmlDType::Q6K => each::<kq::BlockQ6K>(w, x, m, out, k.q6k),
         _ => {}
     }
+}
+
+#[test]
+fn q4k_rows_regroup_only_where_the_kernels_read_them() {
+    let plain = weight(GgmlDType::Q4K, 32, 512, 3);
+    let bytes = plain.bytes().to_vec();
+    for k in Kernels::available() {
+        // SAFETY: `Aligned` storage, left readable.
+        let w = unsafe { plain.clone().prepare(&k) }.unwrap();
+        assert_eq!(
+            w.bytes() != bytes.as_slice(),
+            k.q4k_x16.is_some(),
+            "{}",
+            k.name
+        );
+        // The regrouped product against the plain one on the same kernels' activations.
+        let x = values(5, 3 * 512);
+        let (mut a, mut b) = (vec![0f32; 3 * 32], vec![0f32; 3 * 32]);
+        w.matmul(&k, &x, 3, &mut a);
+        plain.matmul(&k, &x, 3, &mut b);
+        for (p, q) in a.iter().zip(&b) {
+            assert!(
+                (p - q).abs() <= 1e-3 * q.abs().max(1.0),
+                "{}: {p} vs {q}",
+                k.name
+            );
+        }
+    }
+    // Rows that do not fill whole groups stay as they are.
+    let odd = weight(GgmlDType::Q4K, 40, 256, 3);
+    let before = odd.bytes().to_vec();
+    // SAFETY: as above.
+    let odd = unsafe { odd.prepare(&Kernels::detect()) }.unwrap();
+    assert_eq!(odd.bytes(), before.as_slice());
 }
 
 #[test]
