@@ -370,6 +370,7 @@ pub struct Kernels {
     /// Activation quantisers that write what candle's `from_float` writes, faster.
     pub to_q8_0: Option<Quantise<kq::BlockQ8_0>>,
     pub to_q8_1: Option<Quantise<kq::BlockQ8_1>>,
+    pub to_q8k: Option<Quantise<kq::BlockQ8K>>,
     pub q8_0: Dot<kq::BlockQ8_0>,
     pub q4k: Dot<kq::BlockQ4K>,
     pub q6k: Dot<kq::BlockQ6K>,
@@ -396,6 +397,7 @@ impl Kernels {
             q4k_x16: None,
             to_q8_0: None,
             to_q8_1: None,
+            to_q8k: None,
             f32: |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum(),
             axpy: |a, x, y| y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x),
             name: "scalar",
@@ -461,6 +463,7 @@ impl Kernels {
             }),
             to_q8_0: Some(|x, y| unsafe { x86::avx512::quantize_q8_0(x, blocks::cast_mut(y)) }),
             to_q8_1: Some(|x, y| unsafe { x86::avx512::quantize_q8_1(x, blocks::cast_mut(y)) }),
+            to_q8k: Some(|x, y| unsafe { x86::avx512::quantize_q8k(x, blocks::cast_mut(y)) }),
             name: "avx512-vnni",
             ..Self::avx2()
         }
@@ -486,6 +489,7 @@ impl Kernels {
             q4k_x16: None,
             to_q8_0: None,
             to_q8_1: None,
+            to_q8k: None,
             f32: |a, b| unsafe { x86::dot_f32(a, b) },
             axpy: |a, x, y| unsafe { x86::axpy(a, x, y) },
             name: "avx2",
@@ -500,8 +504,10 @@ const TILE_ROWS: usize = 16;
 thread_local! {
     /// The quantised activations of the current product, reused so decoding allocates nothing.
     static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
-    /// Q8_K activations' sub-block sums for the interleaved Q4_K product.
-    static SUMS: RefCell<Vec<[i32; 4]>> = const { RefCell::new(Vec::new()) };
+    /// The interleaved Q4_K product's Q8_K activations and their sub-block sums.
+    #[allow(clippy::type_complexity)]
+    static SUMS: RefCell<(Vec<kq::BlockQ8K>, Vec<[i32; 4]>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
     /// The same activations repacked for the tiled kernels.
     static PAIRS: RefCell<Vec<tiled::Pair>> = const { RefCell::new(Vec::new()) };
 }
@@ -532,6 +538,11 @@ fn quantise<V: GgmlType>(k: &Kernels, x: &[f32], q: &mut [V]) {
     }
     if V::DTYPE == GgmlDType::Q8_1
         && let Some(f) = k.to_q8_1
+    {
+        return f(x, unsafe { blocks::cast_mut(q) });
+    }
+    if V::DTYPE == GgmlDType::Q8K
+        && let Some(f) = k.to_q8k
     {
         return f(x, unsafe { blocks::cast_mut(q) });
     }
@@ -687,22 +698,23 @@ fn interleaved_product(w: &QWeight, k: &Kernels, x: &[f32], m: usize, out: &mut 
         }
         return;
     };
-    let mut ys = vec![kq::BlockQ8K::zeros(); m * per_row];
-    for i in 0..m {
-        quantise(
-            k,
-            &x[i * cols..(i + 1) * cols],
-            &mut ys[i * per_row..(i + 1) * per_row],
-        );
-    }
     SUMS.with(|cell| {
-        let mut sums = cell.borrow_mut();
+        let (ys, sums) = &mut *cell.borrow_mut();
+        if ys.len() < m * per_row {
+            ys.resize(m * per_row, kq::BlockQ8K::zeros());
+        }
+        let ys = &mut ys[..m * per_row];
+        for i in 0..m {
+            let row = i * per_row..(i + 1) * per_row;
+            quantise(k, &x[i * cols..(i + 1) * cols], &mut ys[row]);
+        }
+        let ys: &[kq::BlockQ8K] = ys;
         // SAFETY: candle's Q8_K blocks viewed as their mirror.
-        interleaved::sub_sums(unsafe { blocks::cast(&ys) }, &mut sums);
-        let sums: &[[i32; 4]] = &sums;
+        interleaved::sub_sums(unsafe { blocks::cast(ys) }, sums);
+        let sums: &[[i32; 4]] = sums;
         let bytes = w.bytes();
         let group = |g: usize| {
-            kernel(bytes, per_row, g, &ys, sums, m, &mut |i, v| {
+            kernel(bytes, per_row, g, ys, sums, m, &mut |i, v| {
                 for (j, v) in v.iter().enumerate() {
                     // SAFETY: i < m and the group's rows < rows, inside `out`; no other task
                     // writes this group's rows.

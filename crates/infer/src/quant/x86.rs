@@ -777,6 +777,58 @@ pub mod avx512 {
         }
     }
 
+    /// Activations to Q8_K blocks, bit for bit what candle's scalar `from_float` writes: the
+    /// scale from the first value of largest magnitude (its sign included), each value
+    /// `round(-127 / max * x)`, and the sums of each 16 (one register each).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn quantize_q8k(xs: &[f32], ys: &mut [Q8K]) {
+        for (x, y) in xs.chunks_exact(256).zip(ys) {
+            // SAFETY (every load and store): 256 floats in `x`, 256 bytes in `y.qs`.
+            unsafe {
+                let load = |i: usize| _mm512_loadu_ps(x.as_ptr().add(16 * i));
+                let mut amax = _mm512_setzero_ps();
+                for i in 0..16 {
+                    amax = _mm512_max_ps(amax, _mm512_abs_ps(load(i)));
+                }
+                let amax = _mm512_reduce_max_ps(amax);
+                if amax == 0.0 {
+                    y.d = 0.0;
+                    y.qs.fill(0);
+                    y.bsums.fill(0);
+                    continue;
+                }
+                let at = (0..16)
+                    .find_map(|i| {
+                        let hit = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(
+                            _mm512_abs_ps(load(i)),
+                            _mm512_set1_ps(amax),
+                        );
+                        (hit != 0).then(|| 16 * i + hit.trailing_zeros() as usize)
+                    })
+                    .unwrap_or(0);
+                let iscale = -127.0 / x[at];
+                let scale = _mm512_set1_ps(iscale);
+                for i in 0..16 {
+                    let v = round_away(_mm512_mul_ps(scale, load(i)));
+                    let v = _mm512_min_ps(
+                        _mm512_max_ps(v, _mm512_set1_ps(-128.0)),
+                        _mm512_set1_ps(127.0),
+                    );
+                    let q = _mm512_cvtps_epi32(v);
+                    _mm_storeu_si128(
+                        y.qs.as_mut_ptr().add(16 * i).cast(),
+                        _mm512_cvtepi32_epi8(q),
+                    );
+                    y.bsums[i] = _mm512_reduce_add_epi32(q) as i16;
+                }
+                y.d = 1.0 / iscale;
+            }
+        }
+    }
+
     /// Activations to Q8_1 blocks (with `s = sum x d` rounded as candle rounds it).
     ///
     /// # Safety

@@ -216,6 +216,26 @@ proptest! {
                 f(&x, &mut got);
                 prop_assert_eq!(got, self::blocks::<kq::BlockQ8_0>(&x));
             }
+            if let Some(f) = k.to_q8k {
+                // Whole 256-value blocks, one of them all zeros, one whose largest magnitude
+                // comes twice with both signs (the first sets the scale's sign).
+                let mut x = values(seed, blocks.div_ceil(8) * 256 + 512);
+                x[256..512].fill(0.0);
+                x[600] = -9.0;
+                x[700] = 9.0;
+                let n = x.len() / 256;
+                let mut got = vec![kq::BlockQ8K::zeros(); n];
+                f(&x, &mut got);
+                let want = self::blocks::<kq::BlockQ8K>(&x);
+                for (g, w) in got.iter().zip(&want) {
+                    // SAFETY: candle's Q8_K blocks viewed as their mirror.
+                    let (g, w): (&[joule_infer::quant::blocks::Q8K], &[joule_infer::quant::blocks::Q8K]) =
+                        unsafe { (joule_infer::quant::blocks::cast(std::slice::from_ref(g)), joule_infer::quant::blocks::cast(std::slice::from_ref(w))) };
+                    prop_assert_eq!(g[0].d.to_bits(), w[0].d.to_bits());
+                    prop_assert_eq!(g[0].qs, w[0].qs);
+                    prop_assert_eq!(g[0].bsums, w[0].bsums);
+                }
+            }
             if let Some(f) = k.to_q8_1 {
                 let mut got = vec![kq::BlockQ8_1::zeros(); blocks];
                 f(&x, &mut got);
