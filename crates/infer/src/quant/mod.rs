@@ -218,7 +218,7 @@ impl QWeight {
                 Route {
                     dot: k.q4_1,
                     dot4: k.q4_1_x4,
-                    tiled: None,
+                    tiled: k.q4_1_tiled,
                 },
             ),
             GgmlDType::Q5_0 => product::<kq::BlockQ5_0>(
@@ -339,7 +339,12 @@ pub type Quantise<B> = fn(&[f32], &mut [B]);
 
 /// Weight rows `rows` against every row of repacked Q8_0 activations, register-tiled (see
 /// [`tiled`]); each result goes to `emit(activation row, weight row, value)`.
-pub type Tiled<T> = fn(&[T], Range<usize>, tiled::Packed<'_>, &mut dyn FnMut(usize, usize, f32));
+pub type Tiled<T> = fn(
+    &[T],
+    Range<usize>,
+    tiled::Packed<'_, <T as GgmlType>::VecDotType>,
+    &mut dyn FnMut(usize, usize, f32),
+);
 
 /// Group `g` of regrouped Q4_K weights (`per_row` blocks a row) against `m` rows of Q8_K
 /// activations and their sub-block sums (see [`interleaved`]); each activation row's sixteen
@@ -363,6 +368,7 @@ pub struct Kernels {
     pub q4k_x4: Option<Dot4<kq::BlockQ4K>>,
     pub q6k_x4: Option<Dot4<kq::BlockQ6K>>,
     /// Register-tiled products, bit for bit the single-row kernels' results.
+    pub q4_1_tiled: Option<Tiled<kq::BlockQ4_1>>,
     pub q5_0_tiled: Option<Tiled<kq::BlockQ5_0>>,
     pub q8_0_tiled: Option<Tiled<kq::BlockQ8_0>>,
     /// The product of Q4_K rows regrouped by [`QWeight::prepare`].
@@ -392,6 +398,7 @@ impl Kernels {
             q4_1_x4: None,
             q4k_x4: None,
             q6k_x4: None,
+            q4_1_tiled: None,
             q5_0_tiled: None,
             q8_0_tiled: None,
             q4k_x16: None,
@@ -435,22 +442,19 @@ impl Kernels {
         // SAFETY (every closure): built only after `detect`/`available` checked AVX-512 F, BW
         // and VNNI, AVX2 and FMA; the casts view candle's blocks as their mirrors.
         Self {
-            q4_1: |_, x, y| unsafe { x86::avx512::dot_q4_1_q8_1(cast(x), cast(y)) },
-            q5_0: |_, x, y| unsafe { x86::avx512::dot_q5_0_q8_0(cast(x), cast(y)) },
-            q8_0: |_, x, y| unsafe { x86::avx512::dot_q8_0_q8_0(cast(x), cast(y)) },
+            q4_1: |_, x, y| unsafe { tiled::dot_q4_1_q8_1(cast(x), cast(y)) },
+            q5_0: |_, x, y| unsafe { tiled::dot_q5_0_q8_0(cast(x), cast(y)) },
+            q8_0: |_, x, y| unsafe { tiled::dot_q8_0_q8_0(cast(x), cast(y)) },
             q4k: |_, x, y| unsafe { x86::avx512::dot_q4k_q8k(cast(x), cast(y)) },
             q6k: |_, x, y| unsafe { x86::avx512::dot_q6k_q8k(cast(x), cast(y)) },
-            q4_1_x4: Some(|x, y| unsafe {
-                x86::avx512::dot4_q4_1_q8_1(
-                    cast(x),
-                    [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])],
-                )
+            q4_1_tiled: Some(|x, rows, acts, emit| unsafe {
+                tiled::product_q4_1(cast(x), rows, mirror(acts), emit)
             }),
             q5_0_tiled: Some(|x, rows, acts, emit| unsafe {
-                tiled::product_q5_0(cast(x), rows, acts, emit)
+                tiled::product_q5_0(cast(x), rows, mirror(acts), emit)
             }),
             q8_0_tiled: Some(|x, rows, acts, emit| unsafe {
-                tiled::product_q8_0(cast(x), rows, acts, emit)
+                tiled::product_q8_0(cast(x), rows, mirror(acts), emit)
             }),
             q4k_x4: Some(|x, y| unsafe {
                 x86::avx512::dot4_q4k_q8k(cast(x), [cast(y[0]), cast(y[1]), cast(y[2]), cast(y[3])])
@@ -484,6 +488,7 @@ impl Kernels {
             q4_1_x4: None,
             q4k_x4: None,
             q6k_x4: None,
+            q4_1_tiled: None,
             q5_0_tiled: None,
             q8_0_tiled: None,
             q4k_x16: None,
@@ -627,8 +632,23 @@ fn product<T: GgmlType>(
     });
 }
 
-/// [`product`]'s parallel tiles for a format with a register-tiled kernel: the Q8_0
-/// activations repacked once, then each task's weight rows against all of them.
+/// Packed activations with candle's blocks seen as their mirrors.
+///
+/// # Safety
+/// `A` and `B` are the same block layout (see [`blocks::cast`]).
+#[cfg(target_arch = "x86_64")]
+unsafe fn mirror<A, B>(p: tiled::Packed<'_, A>) -> tiled::Packed<'_, B> {
+    tiled::Packed {
+        // SAFETY: forwarded to the caller.
+        blocks: unsafe { blocks::cast(p.blocks) },
+        pairs: p.pairs,
+        m: p.m,
+        per_row: p.per_row,
+    }
+}
+
+/// [`product`]'s parallel tiles for a format with a register-tiled kernel: the activations
+/// repacked once, then each task's weight rows against all of them.
 fn tiled_product<T: GgmlType>(
     w: &QWeight,
     quantised: &[T::VecDotType],
@@ -636,30 +656,29 @@ fn tiled_product<T: GgmlType>(
     dst: Out,
     tiled: Tiled<T>,
 ) {
-    assert_eq!(
-        T::VecDotType::DTYPE,
-        GgmlDType::Q8_0,
-        "tiled kernels read Q8_0 activations"
-    );
-    // SAFETY: the activations are candle's Q8_0 blocks (asserted), viewed as their mirror.
-    let blocks: &[blocks::Q8_0] = unsafe { blocks::cast(quantised) };
     let (rows, per_row) = (w.rows, w.cols / T::BLCK_SIZE);
     let weights = w.blocks::<T>();
     PAIRS.with(|cell| {
         let mut pairs = cell.borrow_mut();
         let need = m * (per_row / 2);
         if pairs.len() < need {
-            pairs.resize(
-                need,
-                tiled::Pair {
-                    qs: [0; 64],
-                    d: [0.0; 16],
-                },
-            );
+            pairs.resize(need, tiled::Pair::ZERO);
         }
-        tiled::pack(blocks, per_row, &mut pairs[..need]);
+        // SAFETY (both casts): candle's activation blocks viewed as their mirrors, by the
+        // format they are.
+        match T::VecDotType::DTYPE {
+            GgmlDType::Q8_0 => {
+                let b: &[blocks::Q8_0] = unsafe { blocks::cast(quantised) };
+                tiled::pack(b, per_row, &mut pairs[..need]);
+            }
+            GgmlDType::Q8_1 => {
+                let b: &[blocks::Q8_1] = unsafe { blocks::cast(quantised) };
+                tiled::pack(b, per_row, &mut pairs[..need]);
+            }
+            other => unreachable!("no tiled kernel reads {other:?} activations"),
+        }
         let acts = tiled::Packed {
-            blocks,
+            blocks: quantised,
             pairs: &pairs[..need],
             m,
             per_row,

@@ -93,7 +93,7 @@ fn check4<T: GgmlType>(
 /// A register-tiled product (weight rows against activation rows, in tiles of up to four by
 /// four and the leftovers) gives every pair what the scalar reference gives it, and bit for bit
 /// what the single-row kernel gives it.
-fn check_tiled<T: GgmlType<VecDotType = kq::BlockQ8_0>>(
+fn check_tiled<T: GgmlType>(
     seed: u64,
     n: usize,
     single: joule_infer::quant::Dot<T>,
@@ -109,24 +109,23 @@ fn check_tiled<T: GgmlType<VecDotType = kq::BlockQ8_0>>(
     let acts: Vec<Vec<f32>> = (0..m)
         .map(|t| values(seed ^ ((t as u64 + 1) * 0x51ed), n))
         .collect();
-    let aq: Vec<kq::BlockQ8_0> = acts
+    let aq: Vec<T::VecDotType> = acts
         .iter()
-        .flat_map(|a| blocks::<kq::BlockQ8_0>(a))
+        .flat_map(|a| blocks::<T::VecDotType>(a))
         .collect();
-    // SAFETY: candle's Q8_0 blocks viewed as their mirror.
-    let mirror: &[joule_infer::quant::blocks::Q8_0] =
-        unsafe { joule_infer::quant::blocks::cast(&aq) };
     let per_row = n / 32;
-    let mut pairs = vec![
-        tiled::Pair {
-            qs: [0; 64],
-            d: [0.0; 16]
-        };
-        m * (per_row / 2)
-    ];
-    tiled::pack(mirror, per_row, &mut pairs);
+    let mut pairs = vec![tiled::Pair::ZERO; m * (per_row / 2)];
+    // SAFETY: candle's activation blocks viewed as their mirrors, by their format.
+    unsafe {
+        use joule_infer::quant::blocks::{self as mirrors, cast};
+        match T::VecDotType::DTYPE {
+            GgmlDType::Q8_0 => tiled::pack::<mirrors::Q8_0>(cast(&aq), per_row, &mut pairs),
+            GgmlDType::Q8_1 => tiled::pack::<mirrors::Q8_1>(cast(&aq), per_row, &mut pairs),
+            other => panic!("no tiled kernel reads {other:?}"),
+        }
+    }
     let packed = tiled::Packed {
-        blocks: mirror,
+        blocks: &aq,
         pairs: &pairs,
         m,
         per_row,
@@ -180,7 +179,7 @@ proptest! {
         check::<kq::BlockQ8_0>(seed, n, k.q8_0);
         // K-quant blocks are 256 wide.
         check::<kq::BlockQ4K>(seed, n.div_ceil(256) * 256, k.q4k);
-        check4::<kq::BlockQ4_1>(seed, n, k.q4_1, k.q4_1_x4);
+        check_tiled::<kq::BlockQ4_1>(seed, n, k.q4_1, k.q4_1_tiled);
         check_tiled::<kq::BlockQ5_0>(seed, n, k.q5_0, k.q5_0_tiled);
         check_tiled::<kq::BlockQ8_0>(seed, n, k.q8_0, k.q8_0_tiled);
         check4::<kq::BlockQ4K>(seed, n.div_ceil(256) * 256, k.q4k, k.q4k_x4);
