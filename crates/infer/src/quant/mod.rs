@@ -11,6 +11,7 @@
 
 pub mod blocks;
 pub mod interleaved;
+pub mod lanes;
 mod storage;
 pub mod tiled;
 #[cfg(target_arch = "x86_64")]
@@ -117,19 +118,25 @@ impl QWeight {
     /// No other view of this matrix's bytes (a clone of `self`, or another `QWeight` over the
     /// same range) is read afterwards: the released bytes may read as zeros.
     pub unsafe fn prepare(self, k: &Kernels) -> Result<Self, InferError> {
-        if self.dtype != GgmlDType::Q4K
-            || self.interleaved
-            || k.q4k_x16.is_none()
-            || !self.rows.is_multiple_of(interleaved::ROWS)
-        {
+        let q4k = self.dtype == GgmlDType::Q4K && k.q4k_x16.is_some();
+        let small = lanes::regroups(self.dtype) && k.lanes.is_some();
+        if self.interleaved || !(q4k || small) || !self.rows.is_multiple_of(lanes::ROWS) {
             return Ok(self);
         }
-        let per_row = self.cols / 256;
-        let len = interleaved::packed_len(self.rows, per_row);
+        let per_row = self.cols / self.dtype.block_size();
+        let len = if q4k {
+            interleaved::packed_len(self.rows, per_row)
+        } else {
+            self.len
+        };
         let storage = anonymous(len, |out| {
-            // SAFETY: Q4_K blocks viewed as their mirror.
-            let blocks: &[blocks::Q4K] = unsafe { blocks::cast(self.blocks::<kq::BlockQ4K>()) };
-            interleaved::pack(blocks, self.rows, per_row, out);
+            if q4k {
+                // SAFETY: Q4_K blocks viewed as their mirror.
+                let blocks: &[blocks::Q4K] = unsafe { blocks::cast(self.blocks::<kq::BlockQ4K>()) };
+                interleaved::pack(blocks, self.rows, per_row, out);
+            } else {
+                lanes::pack(self.dtype, self.bytes(), self.rows, per_row, out);
+            }
         })?;
         // SAFETY: the caller promises nothing else reads this range.
         unsafe { self.storage.release(self.start, self.len) };
@@ -159,7 +166,11 @@ impl QWeight {
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let out = &mut out[..self.cols];
         if self.interleaved {
-            return interleaved::row(self.bytes(), self.cols / 256, r, out);
+            let per_row = self.cols / self.dtype.block_size();
+            return match self.dtype {
+                GgmlDType::Q4K => interleaved::row(self.bytes(), per_row, r, out),
+                d => lanes::row(d, self.bytes(), per_row, r, out),
+            };
         }
         match self.dtype {
             GgmlDType::F32 => {
@@ -193,7 +204,10 @@ impl QWeight {
     pub fn matmul(&self, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
         assert!(x.len() >= m * self.cols && out.len() >= m * self.rows);
         if self.interleaved {
-            return interleaved_product(self, k, x, m, out);
+            return match self.dtype {
+                GgmlDType::Q4K => interleaved_product(self, k, x, m, out),
+                _ => lanes_product(self, k, x, m, out),
+            };
         }
         match self.dtype {
             GgmlDType::F32 => matmul_f32(self, k, x, m, out),
@@ -359,6 +373,20 @@ pub type Interleaved = fn(
     &mut dyn FnMut(usize, &[f32; interleaved::ROWS]),
 );
 
+/// Group `g` of regrouped 32-weight rows of a format (`per_row` blocks a row) against `m`
+/// rows of Q8_0 activations and their blocks' sums (see [`lanes`]); each activation row's
+/// sixteen results go to `emit(activation row, results)`.
+pub type Lanes = fn(
+    GgmlDType,
+    &[u8],
+    usize,
+    usize,
+    &[kq::BlockQ8_0],
+    &[i32],
+    usize,
+    &mut dyn FnMut(usize, &[f32; lanes::ROWS]),
+);
+
 /// The dot products chosen for this CPU.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -373,6 +401,8 @@ pub struct Kernels {
     pub q8_0_tiled: Option<Tiled<kq::BlockQ8_0>>,
     /// The product of Q4_K rows regrouped by [`QWeight::prepare`].
     pub q4k_x16: Option<Interleaved>,
+    /// The product of 32-weight rows regrouped by [`QWeight::prepare`].
+    pub lanes: Option<Lanes>,
     /// Activation quantisers that write what candle's `from_float` writes, faster.
     pub to_q8_0: Option<Quantise<kq::BlockQ8_0>>,
     pub to_q8_1: Option<Quantise<kq::BlockQ8_1>>,
@@ -402,6 +432,7 @@ impl Kernels {
             q5_0_tiled: None,
             q8_0_tiled: None,
             q4k_x16: None,
+            lanes: None,
             to_q8_0: None,
             to_q8_1: None,
             to_q8k: None,
@@ -465,6 +496,9 @@ impl Kernels {
             q4k_x16: Some(|w, per_row, g, ys, sums, m, emit| unsafe {
                 interleaved::product(w, per_row, g, cast(ys), sums, m, emit)
             }),
+            lanes: Some(|dtype, w, per_row, g, ys, sums, m, emit| unsafe {
+                lanes::product(dtype, w, per_row, g, cast(ys), sums, m, emit)
+            }),
             to_q8_0: Some(|x, y| unsafe { x86::avx512::quantize_q8_0(x, blocks::cast_mut(y)) }),
             to_q8_1: Some(|x, y| unsafe { x86::avx512::quantize_q8_1(x, blocks::cast_mut(y)) }),
             to_q8k: Some(|x, y| unsafe { x86::avx512::quantize_q8k(x, blocks::cast_mut(y)) }),
@@ -492,6 +526,7 @@ impl Kernels {
             q5_0_tiled: None,
             q8_0_tiled: None,
             q4k_x16: None,
+            lanes: None,
             to_q8_0: None,
             to_q8_1: None,
             to_q8k: None,
@@ -512,6 +547,10 @@ thread_local! {
     /// The interleaved Q4_K product's Q8_K activations and their sub-block sums.
     #[allow(clippy::type_complexity)]
     static SUMS: RefCell<(Vec<kq::BlockQ8K>, Vec<[i32; 4]>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The lane product's Q8_0 activations and their blocks' sums.
+    #[allow(clippy::type_complexity)]
+    static LANE_SUMS: RefCell<(Vec<kq::BlockQ8_0>, Vec<i32>)> =
         const { RefCell::new((Vec::new(), Vec::new())) };
     /// The same activations repacked for the tiled kernels.
     static PAIRS: RefCell<Vec<tiled::Pair>> = const { RefCell::new(Vec::new()) };
@@ -700,48 +739,93 @@ fn tiled_product<T: GgmlType>(
     });
 }
 
-/// The product of regrouped Q4_K rows: activations to Q8_K once, their sub-block sums once,
-/// then each task takes sixteen-row groups. Without the kernel (another CPU's kernel set, in
-/// tests) each row is dequantised and multiplied in f32.
-fn interleaved_product(w: &QWeight, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
+/// Regrouped rows against `m` activation rows where this CPU has no kernel for them (another
+/// CPU's kernel set, in tests): each row dequantised and multiplied in f32.
+fn dequantised_product(w: &QWeight, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
-    let per_row = cols / 256;
-    let dst = Out(out.as_mut_ptr());
-    let Some(kernel) = k.q4k_x16 else {
-        let mut row = vec![0f32; cols];
-        for r in 0..rows {
-            w.row(r, &mut row);
-            for i in 0..m {
-                out[i * rows + r] = (k.f32)(&row, &x[i * cols..(i + 1) * cols]);
-            }
+    let mut row = vec![0f32; cols];
+    for r in 0..rows {
+        w.row(r, &mut row);
+        for i in 0..m {
+            out[i * rows + r] = (k.f32)(&row, &x[i * cols..(i + 1) * cols]);
         }
-        return;
+    }
+}
+
+/// Quantises `m` activation rows of `cols` into `ys` (grown as needed) and returns them.
+fn quantise_rows<'a, V: GgmlType>(
+    k: &Kernels,
+    x: &[f32],
+    m: usize,
+    cols: usize,
+    ys: &'a mut Vec<V>,
+) -> &'a [V] {
+    let per_row = cols / V::BLCK_SIZE;
+    if ys.len() < m * per_row {
+        ys.resize(m * per_row, V::zeros());
+    }
+    let ys = &mut ys[..m * per_row];
+    for i in 0..m {
+        let row = i * per_row..(i + 1) * per_row;
+        quantise(k, &x[i * cols..(i + 1) * cols], &mut ys[row]);
+    }
+    ys
+}
+
+/// Sixteen-row groups spread over the pool, each writing its rows of `out` (`m x rows`)
+/// through `run(group, emit)`.
+fn by_groups(rows: usize, dst: Out, run: impl Fn(usize, &mut dyn FnMut(usize, &[f32; 16])) + Sync) {
+    let group = |g: usize| {
+        run(g, &mut |i, v| {
+            for (j, v) in v.iter().enumerate() {
+                // SAFETY: i < m and the group's rows < rows, inside `out`; no other task
+                // writes this group's rows.
+                unsafe { *dst.at(i * rows + g * lanes::ROWS + j) = *v };
+            }
+        });
     };
+    pool().execute_chunked(rows / lanes::ROWS, |range| range.for_each(group));
+}
+
+/// The product of regrouped Q4_K rows: activations to Q8_K once, their sub-block sums once,
+/// then each task takes sixteen-row groups.
+fn interleaved_product(w: &QWeight, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
+    let Some(kernel) = k.q4k_x16 else {
+        return dequantised_product(w, k, x, m, out);
+    };
+    let (rows, per_row) = (w.rows, w.cols / 256);
+    let dst = Out(out.as_mut_ptr());
     SUMS.with(|cell| {
         let (ys, sums) = &mut *cell.borrow_mut();
-        if ys.len() < m * per_row {
-            ys.resize(m * per_row, kq::BlockQ8K::zeros());
-        }
-        let ys = &mut ys[..m * per_row];
-        for i in 0..m {
-            let row = i * per_row..(i + 1) * per_row;
-            quantise(k, &x[i * cols..(i + 1) * cols], &mut ys[row]);
-        }
-        let ys: &[kq::BlockQ8K] = ys;
+        let ys = quantise_rows(k, x, m, w.cols, ys);
         // SAFETY: candle's Q8_K blocks viewed as their mirror.
         interleaved::sub_sums(unsafe { blocks::cast(ys) }, sums);
         let sums: &[[i32; 4]] = sums;
         let bytes = w.bytes();
-        let group = |g: usize| {
-            kernel(bytes, per_row, g, ys, sums, m, &mut |i, v| {
-                for (j, v) in v.iter().enumerate() {
-                    // SAFETY: i < m and the group's rows < rows, inside `out`; no other task
-                    // writes this group's rows.
-                    unsafe { *dst.at(i * rows + g * interleaved::ROWS + j) = *v };
-                }
-            });
-        };
-        pool().execute_chunked(rows / interleaved::ROWS, |range| range.for_each(group));
+        by_groups(rows, dst, |g, emit| {
+            kernel(bytes, per_row, g, ys, sums, m, emit)
+        });
+    });
+}
+
+/// The product of regrouped 32-weight rows: activations to Q8_0 once, their blocks' sums
+/// once, then each task takes sixteen-row groups.
+fn lanes_product(w: &QWeight, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
+    let Some(kernel) = k.lanes else {
+        return dequantised_product(w, k, x, m, out);
+    };
+    let (rows, per_row) = (w.rows, w.cols / 32);
+    let dst = Out(out.as_mut_ptr());
+    LANE_SUMS.with(|cell| {
+        let (ys, sums) = &mut *cell.borrow_mut();
+        let ys = quantise_rows(k, x, m, w.cols, ys);
+        // SAFETY: candle's Q8_0 blocks viewed as their mirror.
+        lanes::block_sums(unsafe { blocks::cast(ys) }, sums);
+        let sums: &[i32] = sums;
+        let (dtype, bytes) = (w.dtype, w.bytes());
+        by_groups(rows, dst, |g, emit| {
+            kernel(dtype, bytes, per_row, g, ys, sums, m, emit)
+        });
     });
 }
 

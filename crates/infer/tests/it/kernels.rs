@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::k_quants::{self as kq, GgmlType};
 use joule_infer::Kernels;
-use joule_infer::quant::{Aligned, QWeight, tiled};
+use joule_infer::quant::{Aligned, QWeight, lanes, tiled};
 use proptest::prelude::*;
 
 /// Random values with a spread of magnitudes, as activations have.
@@ -294,51 +294,54 @@ fn the_tiled_parallel_product_equals_a_plain_one_for_every_format() {
         GgmlDType::Q6K,
         GgmlDType::F32,
     ] {
-        // Rows not a multiple of the tile, and batches of 1 (decode) and several (prefill).
-        // Q4_K rows regroup sixteen at a time where the kernels can (three groups).
-        let rows = if dtype == GgmlDType::Q4K { 48 } else { 45 };
-        let cols = 512 + 32 * (dtype.block_size() == 32) as usize;
-        let plain = weight(dtype, rows, cols, 7);
-        let dense = plain.to_f32();
-        // SAFETY: `plain`'s bytes are an `Aligned` buffer, which `prepare` leaves readable.
-        let w = unsafe { plain.clone().prepare(&k) }.unwrap();
-        let regrouped = dtype == GgmlDType::Q4K && k.q4k_x16.is_some();
-        assert_eq!(
-            w.to_f32(),
-            dense,
-            "{dtype:?}: the prepared matrix holds the same weights"
-        );
-        for m in [1, 5, 9] {
-            let x = values(11 + m as u64, m * cols);
-            let mut out = vec![0f32; m * rows];
-            w.matmul(&k, &x, m, &mut out);
-            for i in 0..m {
-                for r in 0..rows {
-                    let wr = &dense[r * cols..(r + 1) * cols];
-                    let xi = &x[i * cols..(i + 1) * cols];
-                    let exact: f32 = wr.iter().zip(xi).map(|(a, b)| a * b).sum();
-                    // Activations are quantised to 8 bits as in candle and ggml: about 1% of
-                    // the dot product's magnitude.
-                    let tol = 0.02 * magnitude(wr, xi) + 1e-4;
-                    assert!(
-                        (out[i * rows + r] - exact).abs() <= tol,
-                        "{dtype:?} m={m} ({i},{r}): {} vs {exact}",
-                        out[i * rows + r]
-                    );
+        // Batches of 1 (decode) and several (prefill); rows that regroup sixteen at a time where the kernels can (three groups), and rows
+        // that do not (the tiled and four-row products).
+        for rows in [48, 45] {
+            let cols = 512 + 32 * (dtype.block_size() == 32) as usize;
+            let plain = weight(dtype, rows, cols, 7);
+            let dense = plain.to_f32();
+            // SAFETY: `plain`'s bytes are an `Aligned` buffer, which `prepare` leaves readable.
+            let w = unsafe { plain.clone().prepare(&k) }.unwrap();
+            let regrouped = rows % 16 == 0
+                && ((dtype == GgmlDType::Q4K && k.q4k_x16.is_some())
+                    || (lanes::regroups(dtype) && k.lanes.is_some()));
+            assert_eq!(
+                w.to_f32(),
+                dense,
+                "{dtype:?}: the prepared matrix holds the same weights"
+            );
+            for m in [1, 5, 9] {
+                let x = values(11 + m as u64, m * cols);
+                let mut out = vec![0f32; m * rows];
+                w.matmul(&k, &x, m, &mut out);
+                for i in 0..m {
+                    for r in 0..rows {
+                        let wr = &dense[r * cols..(r + 1) * cols];
+                        let xi = &x[i * cols..(i + 1) * cols];
+                        let exact: f32 = wr.iter().zip(xi).map(|(a, b)| a * b).sum();
+                        // Activations are quantised to 8 bits as in candle and ggml: about 1% of
+                        // the dot product's magnitude.
+                        let tol = 0.02 * magnitude(wr, xi) + 1e-4;
+                        assert!(
+                            (out[i * rows + r] - exact).abs() <= tol,
+                            "{dtype:?} m={m} ({i},{r}): {} vs {exact}",
+                            out[i * rows + r]
+                        );
+                    }
                 }
-            }
-            // Each element is bit for bit the single-row kernel's dot product (the tiled and
-            // four-row paths take its steps).
-            if !regrouped {
-                single_rows(dtype, &k, &w, &x, m, &out);
-            }
-            // The same product row by row (how a sequence alone sees it) gives the same
-            // numbers bit for bit: a row's product does not depend on its company.
-            for i in 0..m {
-                let mut one = vec![0f32; rows];
-                w.matmul(&k, &x[i * cols..(i + 1) * cols], 1, &mut one);
-                for (r, (a, b)) in one.iter().zip(&out[i * rows..(i + 1) * rows]).enumerate() {
-                    assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} ({i},{r}): {a} vs {b}");
+                // Each element is bit for bit the single-row kernel's dot product (the tiled and
+                // four-row paths take its steps).
+                if !regrouped {
+                    single_rows(dtype, &k, &w, &x, m, &out);
+                }
+                // The same product row by row (how a sequence alone sees it) gives the same
+                // numbers bit for bit: a row's product does not depend on its company.
+                for i in 0..m {
+                    let mut one = vec![0f32; rows];
+                    w.matmul(&k, &x[i * cols..(i + 1) * cols], 1, &mut one);
+                    for (r, (a, b)) in one.iter().zip(&out[i * rows..(i + 1) * rows]).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} ({i},{r}): {a} vs {b}");
+                    }
                 }
             }
         }
@@ -385,33 +388,53 @@ fn single_rows(dtype: GgmlDType, k: &Kernels, w: &QWeight, x: &[f32], m: usize, 
 }
 
 #[test]
-fn q4k_rows_regroup_only_where_the_kernels_read_them() {
-    let plain = weight(GgmlDType::Q4K, 32, 512, 3);
+fn rows_regroup_only_where_the_kernels_read_them() {
+    for dtype in [
+        GgmlDType::Q4K,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
+    ] {
+        regroups_where_read(dtype);
+    }
+}
+
+fn regroups_where_read(dtype: GgmlDType) {
+    let plain = weight(dtype, 32, 512, 3);
     let bytes = plain.bytes().to_vec();
     for k in Kernels::available() {
         // SAFETY: `Aligned` storage, left readable.
         let w = unsafe { plain.clone().prepare(&k) }.unwrap();
-        assert_eq!(
-            w.bytes() != bytes.as_slice(),
-            k.q4k_x16.is_some(),
-            "{}",
-            k.name
-        );
-        // The regrouped product against the plain one on the same kernels' activations.
+        let reads = if dtype == GgmlDType::Q4K {
+            k.q4k_x16.is_some()
+        } else {
+            k.lanes.is_some()
+        };
+        assert_eq!(w.bytes() != bytes.as_slice(), reads, "{dtype:?} {}", k.name);
+        // The regrouped product against the plain one on the same kernels, both within the
+        // 8-bit activations' error of the exact product (Q4_1's differ most: candle rounds
+        // the activations' sums to f16, the regrouped product keeps them exact).
         let x = values(5, 3 * 512);
         let (mut a, mut b) = (vec![0f32; 3 * 32], vec![0f32; 3 * 32]);
         w.matmul(&k, &x, 3, &mut a);
         plain.matmul(&k, &x, 3, &mut b);
-        for (p, q) in a.iter().zip(&b) {
-            assert!(
-                (p - q).abs() <= 1e-3 * q.abs().max(1.0),
-                "{}: {p} vs {q}",
-                k.name
-            );
+        let dense = plain.to_f32();
+        for i in 0..3 {
+            for r in 0..32 {
+                let (wr, xi) = (&dense[r * 512..(r + 1) * 512], &x[i * 512..(i + 1) * 512]);
+                let exact: f32 = wr.iter().zip(xi).map(|(p, q)| p * q).sum();
+                let tol = 0.02 * magnitude(wr, xi) + 1e-4;
+                let (p, q) = (a[i * 32 + r], b[i * 32 + r]);
+                assert!(
+                    (p - exact).abs() <= tol && (q - exact).abs() <= tol,
+                    "{dtype:?} {}: {p} regrouped, {q} plain, {exact} exact",
+                    k.name
+                );
+            }
         }
     }
     // Rows that do not fill whole groups stay as they are.
-    let odd = weight(GgmlDType::Q4K, 40, 256, 3);
+    let odd = weight(dtype, 40, 256, 3);
     let before = odd.bytes().to_vec();
     // SAFETY: as above.
     let odd = unsafe { odd.prepare(&Kernels::detect()) }.unwrap();
