@@ -191,8 +191,8 @@ impl Model {
                 e => InferError::Format(format!("`{name}`: {e}")),
             })
         };
-        // SAFETY: each layer matrix is read through this one view (the embeddings, which the
-        // output may share, are not prepared).
+        // SAFETY: each matrix is read through this one view (the embeddings, which the output
+        // may share, are not prepared).
         let matrix = |name: &str| tensor(name).and_then(|t| unsafe { t.prepare(&kernels) });
         let vector = |name: &str| tensor(name).map(|t| t.to_f32());
         let optional = |name: &str| {
@@ -203,8 +203,10 @@ impl Model {
         };
 
         let embeddings = tensor("token_embd.weight")?;
+        // A separate output matrix is prepared like the layers'; one tied to the embeddings
+        // stays as the file has it (lookups read it too).
         let output = if ct.tensor_infos.contains_key("output.weight") {
-            tensor("output.weight")?
+            matrix("output.weight")?
         } else {
             embeddings.clone()
         };

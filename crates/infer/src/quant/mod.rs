@@ -12,6 +12,7 @@
 pub mod blocks;
 pub mod interleaved;
 pub mod lanes;
+pub mod q6k_lanes;
 mod storage;
 pub mod tiled;
 #[cfg(target_arch = "x86_64")]
@@ -119,8 +120,9 @@ impl QWeight {
     /// same range) is read afterwards: the released bytes may read as zeros.
     pub unsafe fn prepare(self, k: &Kernels) -> Result<Self, InferError> {
         let q4k = self.dtype == GgmlDType::Q4K && k.q4k_x16.is_some();
+        let q6k = self.dtype == GgmlDType::Q6K && k.q6k_x16.is_some();
         let small = lanes::regroups(self.dtype) && k.lanes.is_some();
-        if self.interleaved || !(q4k || small) || !self.rows.is_multiple_of(lanes::ROWS) {
+        if self.interleaved || !(q4k || q6k || small) || !self.rows.is_multiple_of(lanes::ROWS) {
             return Ok(self);
         }
         let per_row = self.cols / self.dtype.block_size();
@@ -134,6 +136,10 @@ impl QWeight {
                 // SAFETY: Q4_K blocks viewed as their mirror.
                 let blocks: &[blocks::Q4K] = unsafe { blocks::cast(self.blocks::<kq::BlockQ4K>()) };
                 interleaved::pack(blocks, self.rows, per_row, out);
+            } else if q6k {
+                // SAFETY: Q6_K blocks viewed as their mirror.
+                let blocks: &[blocks::Q6K] = unsafe { blocks::cast(self.blocks::<kq::BlockQ6K>()) };
+                q6k_lanes::pack(blocks, self.rows, per_row, out);
             } else {
                 lanes::pack(self.dtype, self.bytes(), self.rows, per_row, out);
             }
@@ -153,6 +159,11 @@ impl QWeight {
         &self.storage.bytes()[self.start..self.start + self.len]
     }
 
+    /// Whether [`Self::prepare`] regrouped the rows (the bytes are no longer the file's).
+    pub fn regrouped(&self) -> bool {
+        self.interleaved
+    }
+
     fn blocks<T>(&self) -> &[T] {
         let bytes = self.bytes();
         debug_assert_eq!(bytes.len() % size_of::<T>(), 0);
@@ -169,6 +180,7 @@ impl QWeight {
             let per_row = self.cols / self.dtype.block_size();
             return match self.dtype {
                 GgmlDType::Q4K => interleaved::row(self.bytes(), per_row, r, out),
+                GgmlDType::Q6K => q6k_lanes::row(self.bytes(), per_row, r, out),
                 d => lanes::row(d, self.bytes(), per_row, r, out),
             };
         }
@@ -206,6 +218,7 @@ impl QWeight {
         if self.interleaved {
             return match self.dtype {
                 GgmlDType::Q4K => interleaved_product(self, k, x, m, out),
+                GgmlDType::Q6K => q6k_product(self, k, x, m, out),
                 _ => lanes_product(self, k, x, m, out),
             };
         }
@@ -387,6 +400,12 @@ pub type Lanes = fn(
     &mut dyn FnMut(usize, &[f32; lanes::ROWS]),
 );
 
+/// Group `g` of regrouped Q6_K rows (`per_row` blocks a row) against `m` rows of Q8_K
+/// activations (see [`q6k_lanes`]); each activation row's sixteen results go to
+/// `emit(activation row, results)`.
+pub type Q6kLanes =
+    fn(&[u8], usize, usize, &[kq::BlockQ8K], usize, &mut dyn FnMut(usize, &[f32; q6k_lanes::ROWS]));
+
 /// The dot products chosen for this CPU.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -403,6 +422,8 @@ pub struct Kernels {
     pub q4k_x16: Option<Interleaved>,
     /// The product of 32-weight rows regrouped by [`QWeight::prepare`].
     pub lanes: Option<Lanes>,
+    /// The product of Q6_K rows regrouped by [`QWeight::prepare`].
+    pub q6k_x16: Option<Q6kLanes>,
     /// Activation quantisers that write what candle's `from_float` writes, faster.
     pub to_q8_0: Option<Quantise<kq::BlockQ8_0>>,
     pub to_q8_1: Option<Quantise<kq::BlockQ8_1>>,
@@ -433,6 +454,7 @@ impl Kernels {
             q8_0_tiled: None,
             q4k_x16: None,
             lanes: None,
+            q6k_x16: None,
             to_q8_0: None,
             to_q8_1: None,
             to_q8k: None,
@@ -499,6 +521,9 @@ impl Kernels {
             lanes: Some(|dtype, w, per_row, g, ys, sums, m, emit| unsafe {
                 lanes::product(dtype, w, per_row, g, cast(ys), sums, m, emit)
             }),
+            q6k_x16: Some(|w, per_row, g, ys, m, emit| unsafe {
+                q6k_lanes::product(w, per_row, g, cast(ys), m, emit)
+            }),
             to_q8_0: Some(|x, y| unsafe { x86::avx512::quantize_q8_0(x, blocks::cast_mut(y)) }),
             to_q8_1: Some(|x, y| unsafe { x86::avx512::quantize_q8_1(x, blocks::cast_mut(y)) }),
             to_q8k: Some(|x, y| unsafe { x86::avx512::quantize_q8k(x, blocks::cast_mut(y)) }),
@@ -527,6 +552,7 @@ impl Kernels {
             q8_0_tiled: None,
             q4k_x16: None,
             lanes: None,
+            q6k_x16: None,
             to_q8_0: None,
             to_q8_1: None,
             to_q8k: None,
@@ -805,6 +831,22 @@ fn interleaved_product(w: &QWeight, k: &Kernels, x: &[f32], m: usize, out: &mut 
         by_groups(rows, dst, |g, emit| {
             kernel(bytes, per_row, g, ys, sums, m, emit)
         });
+    });
+}
+
+/// The product of regrouped Q6_K rows: activations to Q8_K once, then each task takes
+/// sixteen-row groups.
+fn q6k_product(w: &QWeight, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
+    let Some(kernel) = k.q6k_x16 else {
+        return dequantised_product(w, k, x, m, out);
+    };
+    let (rows, per_row) = (w.rows, w.cols / 256);
+    let dst = Out(out.as_mut_ptr());
+    SUMS.with(|cell| {
+        let (ys, _) = &mut *cell.borrow_mut();
+        let ys = quantise_rows(k, x, m, w.cols, ys);
+        let bytes = w.bytes();
+        by_groups(rows, dst, |g, emit| kernel(bytes, per_row, g, ys, m, emit));
     });
 }
 

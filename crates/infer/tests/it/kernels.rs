@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::k_quants::{self as kq, GgmlType};
 use joule_infer::Kernels;
-use joule_infer::quant::{Aligned, QWeight, lanes, tiled};
+use joule_infer::quant::{Aligned, QWeight, tiled};
 use proptest::prelude::*;
 
 /// Random values with a spread of magnitudes, as activations have.
@@ -294,17 +294,21 @@ fn the_tiled_parallel_product_equals_a_plain_one_for_every_format() {
         GgmlDType::Q6K,
         GgmlDType::F32,
     ] {
-        // Batches of 1 (decode) and several (prefill); rows that regroup sixteen at a time where the kernels can (three groups), and rows
-        // that do not (the tiled and four-row products).
+        // Batches of 1 (decode) and several (prefill); rows that regroup sixteen at a time
+        // where the kernels can (three groups), and rows that do not (the tiled and four-row
+        // products).
         for rows in [48, 45] {
             let cols = 512 + 32 * (dtype.block_size() == 32) as usize;
             let plain = weight(dtype, rows, cols, 7);
             let dense = plain.to_f32();
             // SAFETY: `plain`'s bytes are an `Aligned` buffer, which `prepare` leaves readable.
             let w = unsafe { plain.clone().prepare(&k) }.unwrap();
-            let regrouped = rows % 16 == 0
-                && ((dtype == GgmlDType::Q4K && k.q4k_x16.is_some())
-                    || (lanes::regroups(dtype) && k.lanes.is_some()));
+            let regrouped = w.regrouped();
+            assert_eq!(
+                regrouped,
+                rows % 16 == 0 && dtype != GgmlDType::F32 && dtype != GgmlDType::Q4_0,
+                "{dtype:?} {rows} rows"
+            );
             assert_eq!(
                 w.to_f32(),
                 dense,
@@ -405,11 +409,12 @@ fn regroups_where_read(dtype: GgmlDType) {
     for k in Kernels::available() {
         // SAFETY: `Aligned` storage, left readable.
         let w = unsafe { plain.clone().prepare(&k) }.unwrap();
-        let reads = if dtype == GgmlDType::Q4K {
-            k.q4k_x16.is_some()
-        } else {
-            k.lanes.is_some()
+        let reads = match dtype {
+            GgmlDType::Q4K => k.q4k_x16.is_some(),
+            GgmlDType::Q6K => k.q6k_x16.is_some(),
+            _ => k.lanes.is_some(),
         };
+        assert_eq!(w.regrouped(), reads, "{dtype:?} {}", k.name);
         assert_eq!(w.bytes() != bytes.as_slice(), reads, "{dtype:?} {}", k.name);
         // The regrouped product against the plain one on the same kernels, both within the
         // 8-bit activations' error of the exact product (Q4_1's differ most: candle rounds
