@@ -142,6 +142,18 @@ mod avx512 {
         _mm512_set1_epi32(unsafe { std::ptr::read_unaligned(y.qs.as_ptr().add(at).cast()) })
     }
 
+    /// Asks for the next group-block while this one is multiplied: the rows' bytes stream
+    /// from memory once per step, and at several activation rows the kernel otherwise waits
+    /// on each group-block's first lines.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn prefetch_next(at: *const u8, len: usize) {
+        for line in (0..len).step_by(64) {
+            // A hint: an address past the end is never read.
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(len + line).cast());
+        }
+    }
+
     /// One group (sixteen rows, `per_row` group-blocks) against `C` activation rows.
     ///
     /// # Safety
@@ -162,6 +174,7 @@ mod avx512 {
             // `group`, and `b` is inside each activation row.
             unsafe {
                 let gb = group.as_ptr().add(b * GROUP_BLOCK);
+                prefetch_next(gb, GROUP_BLOCK);
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(gb.add(D).cast()));
                 let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(gb.add(DMIN).cast()));
                 let mut mins = [_mm512_setzero_si512(); C];

@@ -119,6 +119,18 @@ mod avx512 {
         _mm512_and_si512(moved, _mm512_set1_epi8(0x30))
     }
 
+    /// Asks for the next group-block while this one is multiplied: the rows' bytes stream
+    /// from memory once per step, and at several activation rows the kernel otherwise waits
+    /// on each group-block's first lines.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn prefetch_next(at: *const u8, len: usize) {
+        for line in (0..len).step_by(64) {
+            // A hint: an address past the end is never read.
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(len + line).cast());
+        }
+    }
+
     /// One group (sixteen rows, `per_row` group-blocks) against `C` activation rows.
     ///
     /// # Safety
@@ -138,6 +150,7 @@ mod avx512 {
             // and `b` inside every activation row.
             unsafe {
                 let at = group.as_ptr().add(b * GROUP_BLOCK);
+                prefetch_next(at, GROUP_BLOCK);
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(at.add(D).cast()));
                 let mut sum = [_mm512_setzero_ps(); C];
                 for j in 0..16 {
