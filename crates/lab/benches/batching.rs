@@ -56,6 +56,8 @@ fn stream(model: &LoadedModel, tokens: Vec<u32>, max_tokens: usize) -> (Vec<f64>
 }
 
 fn main() {
+    // SAFETY: first thing in `main`, before any thread is started (as `joule` does).
+    unsafe { joule_app::settings::fit_pool_to_cpus() };
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -35,6 +35,8 @@ fn request_for(tokens: Vec<u32>, max_tokens: usize) -> Request {
 }
 
 fn main() {
+    // SAFETY: first thing in `main`, before any thread is started (as `joule` does).
+    unsafe { joule_app::settings::fit_pool_to_cpus() };
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
