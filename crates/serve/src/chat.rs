@@ -2,7 +2,7 @@
 //! server-sent events).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -151,7 +151,7 @@ pub(crate) async fn chat(
             );
         }
     };
-    let local = match to_local(&request) {
+    let mut local = match to_local(&request) {
         Ok(l) => l,
         Err(message) => {
             return error(
@@ -164,6 +164,11 @@ pub(crate) async fn chat(
     };
     let id = format!("chatcmpl-{}", app.next_id.fetch_add(1, Ordering::Relaxed));
     let model_id = request.model.clone();
+    // Set when the client is gone: the engine drops the request even while it still waits
+    // for a place in the batch, where no token callback runs.
+    let give_up = Arc::new(AtomicBool::new(false));
+    local.cancel = Some(give_up.clone());
+    let hang_up = GiveUpOnDrop(give_up);
     let (tx, mut rx) = mpsc::channel::<Note>(64);
     let worker = app.clone();
     let streaming = request.stream;
@@ -282,6 +287,8 @@ pub(crate) async fn chat(
     };
     let (events_tx, events_rx) = mpsc::channel::<Result<Event, std::convert::Infallible>>(64);
     tokio::spawn(async move {
+        // Lives as long as someone listens (see `give_up` above).
+        let _hang_up = hang_up;
         let first = chunk(
             Delta {
                 role: Some("assistant".into()),
@@ -293,7 +300,13 @@ pub(crate) async fn chat(
         if events_tx.send(Ok(first)).await.is_err() {
             return;
         }
-        while let Some(note) = rx.recv().await {
+        loop {
+            let note = tokio::select! {
+                note = rx.recv() => note,
+                // The client hung up while nothing was coming (a request waiting for room).
+                () = events_tx.closed() => return,
+            };
+            let Some(note) = note else { break };
             let events = match note {
                 Note::Text(text) => vec![chunk(
                     Delta {
@@ -329,4 +342,14 @@ pub(crate) async fn chat(
         }
     });
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(events_rx)).into_response()
+}
+
+/// Gives a request up when dropped: the handler's future (a client that hung up before its
+/// answer) or the stream forwarding its tokens.
+struct GiveUpOnDrop(Arc<AtomicBool>);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::LocalError;
 use super::chat::Message;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use super::tokenizer::TextStream;
 
 /// What to generate. Greedy by default, so the same request gives the same answer.
@@ -32,6 +35,11 @@ pub struct Request {
     /// left instead of refusing the request.
     #[serde(default)]
     pub fit_context: bool,
+    /// Set by the caller to give the request up, including while it waits for room in a
+    /// batching engine (a callback only runs once tokens come); the engine drops it at its
+    /// next step.
+    #[serde(skip)]
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +62,7 @@ impl Request {
             stop: Vec::new(),
             ignore_eos: false,
             fit_context: false,
+            cancel: None,
         }
     }
 

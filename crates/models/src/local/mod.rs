@@ -275,7 +275,7 @@ impl LoadedModel {
             )));
         }
         let (events, answers) = std::sync::mpsc::channel();
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = request.cancel.clone().unwrap_or_default();
         let _ends = CancelOnDrop(cancel.clone());
         let job = Job {
             tokens: prepared.tokens.clone(),
@@ -284,7 +284,7 @@ impl LoadedModel {
             seed: request.seed,
             stop_ids: self.stop_ids(request).to_vec(),
             events,
-            cancel,
+            cancel: cancel.clone(),
         };
         let stopped = || LocalError::Request(format!("the engine of `{}` has stopped", self.id));
         if !batcher.submit(job) {
@@ -296,6 +296,11 @@ impl LoadedModel {
                 cached_tokens,
             }) => (queue_s, cached_tokens),
             Ok(Event::Failed(why)) => return Err(LocalError::Request(why)),
+            Err(_) if cancel.load(std::sync::atomic::Ordering::Relaxed) => {
+                return Err(LocalError::Request(
+                    "cancelled while it waited for room in the engine".into(),
+                ));
+            }
             Ok(Event::Token(_)) | Err(_) => return Err(stopped()),
         };
         let started = Instant::now();
@@ -559,11 +564,15 @@ impl LocalBackend {
         let mut request = Request::chat(messages, c.max_tokens as usize);
         request.temperature = c.temperature;
         request.seed = c.seed;
+        // Reaches a request still waiting for room in the engine, which no token callback
+        // would see until it was admitted.
+        let give_up = Arc::new(AtomicBool::new(false));
+        request.cancel = Some(give_up.clone());
         let model = c.model.clone();
         let flag = cancel.clone();
         let progress = on_tokens.clone();
         let local = self.clone();
-        let generation = tokio::task::spawn_blocking(move || {
+        let mut task = tokio::task::spawn_blocking(move || {
             let mut pieces = 0;
             local.generate(&model, &request, &mut |_| {
                 pieces += 1;
@@ -574,11 +583,21 @@ impl LocalBackend {
                     Flow::Continue
                 }
             })
-        })
-        .await
-        .map_err(|e| CallError::permanent(format!("inference task failed: {e}")))?
-        .map_err(|e| CallError::permanent(e.to_string()))?;
-        if generation.finish_reason == FinishReason::Cancelled || cancel.is_cancelled() {
+        });
+        let joined = tokio::select! {
+            joined = &mut task => joined,
+            () = cancel.cancelled() => {
+                give_up.store(true, std::sync::atomic::Ordering::Relaxed);
+                task.await
+            }
+        };
+        if cancel.is_cancelled() {
+            return Err(CallError::transient("cancelled"));
+        }
+        let generation = joined
+            .map_err(|e| CallError::permanent(format!("inference task failed: {e}")))?
+            .map_err(|e| CallError::permanent(e.to_string()))?;
+        if generation.finish_reason == FinishReason::Cancelled {
             return Err(CallError::transient("cancelled"));
         }
         Ok(Answer {

@@ -85,6 +85,7 @@ pub fn to_local(request: &ChatRequest) -> Result<Request, String> {
         stop,
         ignore_eos: false,
         fit_context: request.max_completion_tokens.is_none() && request.max_tokens.is_none(),
+        cancel: None,
     })
 }
 

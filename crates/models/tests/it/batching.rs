@@ -124,6 +124,48 @@ fn a_cancelled_stream_frees_its_cache() {
     assert_eq!(status.kv_committed_blocks, 0, "{status:?}");
 }
 
+#[test]
+fn a_request_given_up_while_it_waits_for_a_slot_leaves_without_running() {
+    // One slot: a second request waits for the first to finish.
+    let path = smol_path();
+    let options = LoadOptions {
+        batch: 1,
+        ..LoadOptions::default()
+    };
+    let model = LoadedModel::load(SMOL, &path, &candle_core::Device::Cpu, options).unwrap();
+    let mut long = ask(QUESTIONS[6], 400);
+    long.ignore_eos = true;
+    let (running, wait) = channel();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            let mut running = Some(running);
+            model
+                .generate(&long, &mut |_| {
+                    if let Some(tx) = running.take() {
+                        tx.send(()).unwrap();
+                    }
+                    Flow::Continue
+                })
+                .unwrap()
+        });
+        wait.recv().unwrap();
+        let give_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut second = ask(QUESTIONS[0], 8);
+        second.cancel = Some(give_up.clone());
+        let model = &model;
+        let waiter = s.spawn(move || model.generate(&second, &mut |_| Flow::Continue));
+        let status = model.wait_for_engine(PATIENCE, |s| s.waiting == 1).unwrap();
+        assert_eq!((status.active, status.waiting), (1, 1), "{status:?}");
+        give_up.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Without the flag reaching the engine it would run once the first is done, and
+        // answer.
+        let err = waiter.join().unwrap().unwrap_err();
+        assert!(err.to_string().contains("cancelled"), "{err}");
+        assert_eq!(first.join().unwrap().completion_tokens, 400);
+    });
+    idle(&model);
+}
+
 /// A second copy of SmolLM2 whose KV pool holds `positions` positions.
 fn small_pool(positions: u64) -> LoadedModel {
     let path = smol_path();
