@@ -131,28 +131,10 @@ pub use avx512::product;
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::super::lane_simd::{four, prefetch_next};
+
     use super::super::blocks::Q8K;
     use super::{D, DMIN, GROUP_BLOCK, MINS, ROWS, SCALES};
-
-    /// Four bytes at `at` of `y`, broadcast to every lane.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    unsafe fn four(y: &Q8K, at: usize) -> __m512i {
-        // SAFETY: the caller keeps `at + 4 <= 256`.
-        _mm512_set1_epi32(unsafe { std::ptr::read_unaligned(y.qs.as_ptr().add(at).cast()) })
-    }
-
-    /// Asks for the next group-block while this one is multiplied: the rows' bytes stream
-    /// from memory once per step, and at several activation rows the kernel otherwise waits
-    /// on each group-block's first lines.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    fn prefetch_next(at: *const u8, len: usize) {
-        for line in (0..len).step_by(64) {
-            // A hint: an address past the end is never read.
-            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(len + line).cast());
-        }
-    }
 
     /// One group (sixteen rows, `per_row` group-blocks) against `C` activation rows.
     ///
@@ -194,9 +176,9 @@ mod avx512 {
                         let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
                         for c in 0..C {
                             let y = ys[c].get_unchecked(b);
-                            isum[c] = _mm512_dpbusd_epi32(isum[c], lo, four(y, 32 * j + 4 * h));
+                            isum[c] = _mm512_dpbusd_epi32(isum[c], lo, four(&y.qs, 32 * j + 4 * h));
                             isum[c] =
-                                _mm512_dpbusd_epi32(isum[c], hi, four(y, 32 * j + 16 + 4 * h));
+                                _mm512_dpbusd_epi32(isum[c], hi, four(&y.qs, 32 * j + 16 + 4 * h));
                         }
                     }
                     let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(

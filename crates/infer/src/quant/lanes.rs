@@ -237,28 +237,12 @@ pub use avx512::product;
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::super::lane_simd::{four, prefetch_next};
+
     use candle_core::quantized::GgmlDType;
 
     use super::super::blocks::Q8_0;
     use super::{ROWS, group_block, scales_at};
-
-    /// Four activation bytes broadcast to every lane.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    unsafe fn four(y: &Q8_0, g: usize) -> __m512i {
-        // SAFETY: g < 8, inside the block's 32 bytes.
-        _mm512_set1_epi32(unsafe { std::ptr::read_unaligned(y.qs.as_ptr().add(4 * g).cast()) })
-    }
-
-    /// Asks for the next group-block while this one is multiplied (see `interleaved`).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    fn prefetch_next(at: *const u8, len: usize) {
-        for line in (0..len).step_by(64) {
-            // A hint: an address past the end is never read.
-            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(len + line).cast());
-        }
-    }
 
     /// One group of `F`'s format against `C` activation rows.
     ///
@@ -319,8 +303,8 @@ mod avx512 {
                     };
                     for c in 0..C {
                         let y = ys[c].get_unchecked(b);
-                        isum[c] = _mm512_dpbusd_epi32(isum[c], lo, four(y, h));
-                        isum[c] = _mm512_dpbusd_epi32(isum[c], hi, four(y, h + 4));
+                        isum[c] = _mm512_dpbusd_epi32(isum[c], lo, four(&y.qs, 4 * h));
+                        isum[c] = _mm512_dpbusd_epi32(isum[c], hi, four(&y.qs, 4 * (h + 4)));
                     }
                 }
                 for c in 0..C {

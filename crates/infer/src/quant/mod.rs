@@ -11,6 +11,8 @@
 
 pub mod blocks;
 pub mod interleaved;
+#[cfg(target_arch = "x86_64")]
+mod lane_simd;
 pub mod lanes;
 pub mod q6k_lanes;
 mod storage;
@@ -544,21 +546,11 @@ impl Kernels {
             // candle's own AVX2 kernel (it checks the CPU itself).
             q4k: kq::BlockQ4K::vec_dot,
             q6k: kq::BlockQ6K::vec_dot,
-            q4_1_x4: None,
-            q4k_x4: None,
-            q6k_x4: None,
-            q4_1_tiled: None,
-            q5_0_tiled: None,
-            q8_0_tiled: None,
-            q4k_x16: None,
-            lanes: None,
-            q6k_x16: None,
-            to_q8_0: None,
-            to_q8_1: None,
-            to_q8k: None,
             f32: |a, b| unsafe { x86::dot_f32(a, b) },
             axpy: |a, x, y| unsafe { x86::axpy(a, x, y) },
             name: "avx2",
+            // No several-row, tiled or regrouped products.
+            ..Self::scalar()
         }
     }
 }

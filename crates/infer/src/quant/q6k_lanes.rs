@@ -95,16 +95,10 @@ pub use avx512::product;
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::super::lane_simd::{four, prefetch_next};
+
     use super::super::blocks::Q8K;
     use super::{D, GROUP_BLOCK, HIGH, ROWS, SCALES};
-
-    /// Four bytes at `at` of `y`, broadcast to every lane.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    unsafe fn four(y: &Q8K, at: usize) -> __m512i {
-        // SAFETY: the caller keeps `at + 4 <= 256`.
-        _mm512_set1_epi32(unsafe { std::ptr::read_unaligned(y.qs.as_ptr().add(at).cast()) })
-    }
 
     /// The high bit pair `j` of each byte of `hb`, moved to bits 4-5.
     #[inline]
@@ -117,18 +111,6 @@ mod avx512 {
             _ => _mm512_srli_epi16(hb, 2),
         };
         _mm512_and_si512(moved, _mm512_set1_epi8(0x30))
-    }
-
-    /// Asks for the next group-block while this one is multiplied: the rows' bytes stream
-    /// from memory once per step, and at several activation rows the kernel otherwise waits
-    /// on each group-block's first lines.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    fn prefetch_next(at: *const u8, len: usize) {
-        for line in (0..len).step_by(64) {
-            // A hint: an address past the end is never read.
-            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(len + line).cast());
-        }
     }
 
     /// One group (sixteen rows, `per_row` group-blocks) against `C` activation rows.
@@ -166,8 +148,8 @@ mod avx512 {
                         for c in 0..C {
                             let y = ys[c].get_unchecked(b);
                             let o = 16 * j + 8 * q;
-                            isum[c] = _mm512_dpbusd_epi32(isum[c], lo, four(y, o));
-                            isum[c] = _mm512_dpbusd_epi32(isum[c], hi, four(y, o + 4));
+                            isum[c] = _mm512_dpbusd_epi32(isum[c], lo, four(&y.qs, o));
+                            isum[c] = _mm512_dpbusd_epi32(isum[c], hi, four(&y.qs, o + 4));
                         }
                     }
                     let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
