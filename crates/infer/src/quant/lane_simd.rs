@@ -27,3 +27,36 @@ pub fn prefetch_next(at: *const u8, len: usize) {
         _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(len + line).cast());
     }
 }
+
+/// Runs `$body` over `0..$m` activation rows four at a time (the leftover as three, two or
+/// one), with `$i0` the first row and `$C` a constant for how many: each count is its own
+/// const-generic kernel, every row of it taking the same steps.
+macro_rules! in_fours {
+    ($m:expr, |$i0:ident, $C:ident| $body:block) => {{
+        let m: usize = $m;
+        let mut $i0 = 0;
+        while $i0 < m {
+            let c = (m - $i0).min(4);
+            match c {
+                4 => {
+                    const $C: usize = 4;
+                    $body
+                }
+                3 => {
+                    const $C: usize = 3;
+                    $body
+                }
+                2 => {
+                    const $C: usize = 2;
+                    $body
+                }
+                _ => {
+                    const $C: usize = 1;
+                    $body
+                }
+            }
+            $i0 += c;
+        }
+    }};
+}
+pub(crate) use in_fours;

@@ -203,7 +203,8 @@ pub fn row(dtype: GgmlDType, bytes: &[u8], per_row: usize, r: usize, out: &mut [
                     let byte = src[64 * (op % 4) + 4 * lane + t];
                     let nibble = if op < 4 { byte & 0xF } else { byte >> 4 };
                     let fifth = if dtype == GgmlDType::Q5_0 {
-                        let mask = u64::from_le_bytes(src[256 + 8 * op..][..8].try_into().unwrap());
+                        let at = 256 + 8 * op;
+                        let mask = u64::from_le_bytes(std::array::from_fn(|i| src[at + i]));
                         ((mask >> (4 * lane + t)) & 1) as u8
                     } else {
                         0
@@ -237,7 +238,7 @@ pub use avx512::product;
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::lane_simd::{four, prefetch_next};
+    use super::super::lane_simd::{four, in_fours, prefetch_next};
 
     use candle_core::quantized::GgmlDType;
 
@@ -373,43 +374,29 @@ mod avx512 {
                 &sums[i * per_row..(i + 1) * per_row],
             )
         };
-        macro_rules! run {
-            ($F:expr, $i0:expr, $C:literal) => {{
-                let i0 = $i0;
-                let a: [_; $C] = std::array::from_fn(|c| act(i0 + c));
-                // SAFETY: the features are enabled; the slices hold `per_row` entries each.
-                let v = unsafe {
-                    group::<{ $F }, $C>(
-                        group_bytes,
-                        per_row,
-                        std::array::from_fn(|c| a[c].0),
-                        std::array::from_fn(|c| a[c].1),
-                    )
-                };
-                for (c, out) in v.iter().enumerate() {
-                    emit(i0 + c, out);
-                }
-            }};
-        }
-        macro_rules! columns {
-            ($F:expr, $i0:expr, $c:expr) => {
-                match $c {
-                    4 => run!($F, $i0, 4),
-                    3 => run!($F, $i0, 3),
-                    2 => run!($F, $i0, 2),
-                    _ => run!($F, $i0, 1),
-                }
+        macro_rules! of_format {
+            ($F:expr) => {
+                in_fours!(m, |i0, C| {
+                    let a: [_; C] = std::array::from_fn(|c| act(i0 + c));
+                    // SAFETY: the features are enabled; the slices hold `per_row` entries each.
+                    let v = unsafe {
+                        group::<{ $F }, C>(
+                            group_bytes,
+                            per_row,
+                            std::array::from_fn(|c| a[c].0),
+                            std::array::from_fn(|c| a[c].1),
+                        )
+                    };
+                    for (c, out) in v.iter().enumerate() {
+                        emit(i0 + c, out);
+                    }
+                })
             };
         }
-        let mut i0 = 0;
-        while i0 < m {
-            let c = (m - i0).min(4);
-            match dtype {
-                GgmlDType::Q8_0 => columns!(Q8_0_ID, i0, c),
-                GgmlDType::Q5_0 => columns!(Q5_0_ID, i0, c),
-                _ => columns!(Q4_1_ID, i0, c),
-            }
-            i0 += c;
+        match dtype {
+            GgmlDType::Q8_0 => of_format!(Q8_0_ID),
+            GgmlDType::Q5_0 => of_format!(Q5_0_ID),
+            _ => of_format!(Q4_1_ID),
         }
     }
 }

@@ -95,7 +95,7 @@ pub use avx512::product;
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::lane_simd::{four, prefetch_next};
+    use super::super::lane_simd::{four, in_fours, prefetch_next};
 
     use super::super::blocks::Q8K;
     use super::{D, GROUP_BLOCK, HIGH, ROWS, SCALES};
@@ -196,28 +196,13 @@ mod avx512 {
         let group_bytes = &weights[g * per_row * GROUP_BLOCK..(g + 1) * per_row * GROUP_BLOCK];
         assert!(ys.len() >= m * per_row);
         let act = |i: usize| &ys[i * per_row..(i + 1) * per_row];
-        macro_rules! run {
-            ($i0:expr, $C:literal) => {{
-                let i0 = $i0;
-                // SAFETY: the features are enabled; the slices hold `per_row` blocks each.
-                let v = unsafe {
-                    group::<$C>(group_bytes, per_row, std::array::from_fn(|c| act(i0 + c)))
-                };
-                for (c, out) in v.iter().enumerate() {
-                    emit(i0 + c, out);
-                }
-            }};
-        }
-        let mut i0 = 0;
-        while i0 < m {
-            let c = (m - i0).min(4);
-            match c {
-                4 => run!(i0, 4),
-                3 => run!(i0, 3),
-                2 => run!(i0, 2),
-                _ => run!(i0, 1),
+        in_fours!(m, |i0, C| {
+            // SAFETY: the features are enabled; the slices hold `per_row` blocks each.
+            let v =
+                unsafe { group::<C>(group_bytes, per_row, std::array::from_fn(|c| act(i0 + c))) };
+            for (c, out) in v.iter().enumerate() {
+                emit(i0 + c, out);
             }
-            i0 += c;
-        }
+        });
     }
 }
