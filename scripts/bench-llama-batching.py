@@ -84,7 +84,8 @@ def main():
     model = sys.argv[1]
     per_stream = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     server = os.environ.get("LLAMA_SERVER", "target/llama.cpp/bin/llama-server")
-    threads = os.cpu_count()
+    # The CPUs this process may use (taskset, cpusets), as joule sizes its pool.
+    threads = len(os.sched_getaffinity(0))
     print(f"llama-server batched decoding ({threads} threads), {per_stream} tokens per stream "
           f"after a {PROMPT_TOKENS}-token prompt: {os.path.basename(model)}")
     print(f"{'streams':>8} {'agg tok/s':>12} {'per-stream':>14} {'itl p50 ms':>10} "
