@@ -131,7 +131,7 @@ pub use avx512::product;
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::lane_simd::{four, in_fours, prefetch_next};
+    use super::super::lane_simd::{four, in_fours, prefetch_next, results};
 
     use super::super::blocks::Q8K;
     use super::{D, DMIN, GROUP_BLOCK, MINS, ROWS, SCALES};
@@ -196,12 +196,7 @@ mod avx512 {
                 }
             }
         }
-        std::array::from_fn(|c| {
-            let mut out = [0f32; ROWS];
-            // SAFETY: 16 floats.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc[c]) };
-            out
-        })
+        results(acc)
     }
 
     /// Group `g` of regrouped weights (`per_row` group-blocks a group) against every row of

@@ -60,3 +60,15 @@ macro_rules! in_fours {
     }};
 }
 pub(crate) use in_fours;
+
+/// Each activation row's sixteen lanes (one per weight row) as the products' results.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub fn results<const C: usize>(acc: [__m512; C]) -> [[f32; 16]; C] {
+    std::array::from_fn(|c| {
+        let mut out = [0f32; 16];
+        // SAFETY: 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc[c]) };
+        out
+    })
+}

@@ -238,7 +238,7 @@ pub use avx512::product;
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::lane_simd::{four, in_fours, prefetch_next};
+    use super::super::lane_simd::{four, in_fours, prefetch_next, results};
 
     use candle_core::quantized::GgmlDType;
 
@@ -326,12 +326,7 @@ mod avx512 {
                 }
             }
         }
-        std::array::from_fn(|c| {
-            let mut out = [0f32; ROWS];
-            // SAFETY: 16 floats.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc[c]) };
-            out
-        })
+        results(acc)
     }
 
     const Q8_0_ID: u8 = 0;
