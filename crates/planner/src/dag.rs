@@ -169,6 +169,7 @@ pub fn compile_with(workflow: Workflow, ctx: &CompileContext) -> Result<Dag, Vec
     }
     c.providers(ctx);
     c.outputs();
+    c.judges(ctx);
     let Compiler {
         mut errors, edges, ..
     } = c;
@@ -704,6 +705,27 @@ impl Compiler<'_> {
                     ErrorCode::InvalidValue,
                     format!("tool `{}` needs the argument `{name}`", t.tool.name),
                     format!("add `args: {{ {name}: ... }}` to the step"),
+                );
+            }
+        }
+    }
+
+    /// A judge model the catalog does not have.
+    fn judges(&mut self, ctx: &CompileContext) {
+        let (Some(models), Some(examples)) = (&ctx.models, &self.workflow.examples) else {
+            return;
+        };
+        for score in &examples.scores {
+            if let crate::spec::Metric::Judge { model, .. } = &score.metric
+                && !models.contains(&model.name)
+            {
+                let names: Vec<&str> = models.iter().map(String::as_str).collect();
+                self.err(
+                    model.pos.offset,
+                    1,
+                    ErrorCode::Policy,
+                    format!("the judge model `{}` is not in the catalog", model.name),
+                    crate::diag::suggest(&model.name, "model", &names),
                 );
             }
         }

@@ -72,6 +72,13 @@ pub struct Config {
     pub energy_j: f64,
     pub cost_usd: f64,
     pub quality: Option<f64>,
+    /// Upper confidence bound of the quality loss against the step's reference (`None`:
+    /// unmeasured, or not an llm step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Which quality figure `quality` and `loss` rest on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub basis: Option<crate::quality::Basis>,
     pub calls: u32,
     pub tokens_in: f64,
     pub tokens_out: f64,
@@ -338,6 +345,8 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                                 energy_j: energy,
                                 cost_usd: cost,
                                 quality: quality.map(|q| q.value),
+                                loss: None,
+                                basis: None,
                                 calls,
                                 tokens_in: tokens_in * f64::from(calls),
                                 tokens_out: tokens_out * f64::from(calls),
@@ -346,6 +355,7 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                             });
                         }
                     }
+                    judge_quality(profiles, catalog, wf, step, llm.task, &mut configs, &mut excluded);
                     if configs.is_empty() && excluded.is_empty() {
                         excluded.push(format!(
                             "no allowed device or endpoint offers a model for it (policy.providers: [{}]; local devices: [{}])",
@@ -409,12 +419,59 @@ fn host_config(calls: u32, per_call_s: f64, source: Source, electricity: f64) ->
         energy_j: energy,
         cost_usd: energy * electricity,
         quality: None,
+        loss: None,
+        basis: None,
         calls: calls.max(1),
         tokens_in: 0.0,
         tokens_out: 0.0,
         tokens_learned: 0,
         source,
     }
+}
+
+/// Gives every config of an llm step its quality against the step's reference model, and
+/// leaves out the configs the workflow's quality rule does not let it use unmeasured.
+fn judge_quality(
+    profiles: &Profiles,
+    catalog: &Catalog,
+    wf: &Workflow,
+    step: &crate::spec::Step,
+    task: crate::spec::Task,
+    configs: &mut Vec<Config>,
+    excluded: &mut Vec<String>,
+) {
+    let mut candidates: Vec<&crate::catalog::Model> = Vec::new();
+    for c in configs.iter() {
+        if let Some(m) = c.model.as_ref().and_then(|id| catalog.model(id))
+            && !candidates.iter().any(|x| x.id == m.id)
+        {
+            candidates.push(m);
+        }
+    }
+    let Some(reference) =
+        crate::quality::reference(profiles, &wf.name, &step.id, task, &candidates)
+    else {
+        return;
+    };
+    let reference = reference.id.clone();
+    configs.retain_mut(|c| {
+        let model = c.model.clone().unwrap_or_default();
+        let j = crate::quality::judge(profiles, &wf.name, &step.id, task, &model, &reference);
+        if j.loss.is_none() && !wf.quality.allows_unmeasured() {
+            let reason = format!(
+                "{model} on {}: no measured quality for this step, so it runs on its reference {reference} (`joule tune` measures it; `quality: any` lets it run unmeasured)",
+                c.device
+            );
+            if !excluded.contains(&reason) {
+                excluded.push(reason);
+            }
+            return false;
+        }
+        c.quality = j.quality;
+        c.loss = j.loss;
+        c.basis = Some(j.basis);
+        true
+    });
 }
 
 /// Tokens each step's output is expected to have (all calls of a `for_each` together).

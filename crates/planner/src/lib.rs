@@ -17,6 +17,7 @@ pub mod pareto;
 pub mod plan;
 pub mod policy;
 pub mod profile;
+pub mod quality;
 pub mod schema;
 pub mod solve;
 pub mod spec;

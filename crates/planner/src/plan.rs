@@ -49,6 +49,13 @@ pub struct PlannedStep {
     /// How the energy and latency figures were obtained (the weakest source used).
     pub source: Source,
     pub quality: Option<f64>,
+    /// Upper confidence bound of the quality this step's config loses against the step's
+    /// reference model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_loss: Option<f64>,
+    /// Which quality figure `quality` rests on, from how many items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_basis: Option<crate::quality::Basis>,
     pub calls: u32,
     pub tokens_in: f64,
     pub tokens_out: f64,
@@ -78,6 +85,10 @@ struct PlannedStepRecord {
     cost_usd: f64,
     source: Source,
     quality: Option<f64>,
+    #[serde(default)]
+    quality_loss: Option<f64>,
+    #[serde(default)]
+    quality_basis: Option<crate::quality::Basis>,
     calls: u32,
     tokens_in: f64,
     tokens_out: f64,
@@ -104,6 +115,8 @@ impl From<PlannedStepRecord> for PlannedStep {
             cost_usd: r.cost_usd,
             source: r.source,
             quality: r.quality,
+            quality_loss: r.quality_loss,
+            quality_basis: r.quality_basis,
             calls: r.calls,
             tokens_in: r.tokens_in,
             tokens_out: r.tokens_out,
@@ -155,6 +168,8 @@ pub enum Limit {
     Latency,
     Energy,
     Cost,
+    /// The workflow's `quality: { within }` tolerance.
+    Quality,
 }
 
 impl Limit {
@@ -163,6 +178,7 @@ impl Limit {
             Limit::Latency => "latency",
             Limit::Energy => "energy",
             Limit::Cost => "cost",
+            Limit::Quality => "quality",
         }
     }
 }
@@ -305,6 +321,8 @@ pub fn assemble(
                 cost_usd: c.cost_usd,
                 source: c.source,
                 quality: c.quality,
+                quality_loss: c.loss,
+                quality_basis: c.basis.clone(),
                 calls: c.calls,
                 tokens_in: c.tokens_in,
                 tokens_out: c.tokens_out,
@@ -344,6 +362,11 @@ pub fn assemble(
     }
     if at(p.budget.cost_usd, s.totals.cost_usd) {
         binding.push(Limit::Cost);
+    }
+    if p.budget.quality_loss.is_some_and(|q| q > 0.0)
+        && at(p.budget.quality_loss, s.totals.quality_loss)
+    {
+        binding.push(Limit::Quality);
     }
     Plan {
         workflow: dag.workflow.name.clone(),
@@ -392,6 +415,8 @@ pub fn empty(wf: &crate::spec::Workflow) -> Plan {
                 cost_usd: 0.0,
                 source: Source::Estimate,
                 quality: None,
+                quality_loss: None,
+                quality_basis: None,
                 calls: 1,
                 tokens_in: 0.0,
                 tokens_out: 0.0,
@@ -433,6 +458,7 @@ pub fn explain(p: &Problem, workflow: &str, opts: &Options) -> Infeasible {
         energy_j: unconstrained(Objective::Energy, none)
             .map_or(f64::INFINITY, |s| s.totals.energy_j),
         cost_usd: unconstrained(Objective::Cost, none).map_or(f64::INFINITY, |s| s.totals.cost_usd),
+        quality_loss: 0.0,
     };
     let b = p.budget;
     let mut reasons = Vec::new();
@@ -465,10 +491,14 @@ pub fn explain(p: &Problem, workflow: &str, opts: &Options) -> Infeasible {
     )
     .map(|s| s.totals.latency_s);
     if reasons.is_empty() {
-        let others: Vec<&str> = [b.energy_j.map(|_| "energy"), b.cost_usd.map(|_| "cost")]
-            .into_iter()
-            .flatten()
-            .collect();
+        let others: Vec<&str> = [
+            b.energy_j.map(|_| "energy"),
+            b.cost_usd.map(|_| "cost"),
+            b.quality_loss.map(|_| "quality"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         match (b.latency_s, min_slo) {
             (Some(l), Some(m)) if m > l => reasons.push(format!(
                 "the latency SLO of {} conflicts with the {} budget: within it the fastest run takes {}",
@@ -536,8 +566,8 @@ impl Plan {
             .max(6);
         let _ = writeln!(
             out,
-            "{:<id_w$}  {:<model_w$}  {:<dev_w$}  {:>8}  {:>8}  {:>10}  {:>10}  source",
-            "step", "model", "device", "start", "end", "energy", "cost"
+            "{:<id_w$}  {:<model_w$}  {:<dev_w$}  {:>8}  {:>8}  {:>10}  {:>10}  {:<9}  quality",
+            "step", "model", "device", "start", "end", "energy", "cost", "source"
         );
         let mut order: Vec<&PlannedStep> = self.steps.iter().collect();
         order.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
@@ -545,7 +575,7 @@ impl Plan {
             let model = model_label(s);
             let _ = writeln!(
                 out,
-                "{:<id_w$}  {:<model_w$}  {:<dev_w$}  {:>8}  {:>8}  {:>10}  {:>10}  {}",
+                "{:<id_w$}  {:<model_w$}  {:<dev_w$}  {:>8}  {:>8}  {:>10}  {:>10}  {:<9}  {}",
                 s.id,
                 model,
                 s.device,
@@ -553,7 +583,8 @@ impl Plan {
                 format_duration(s.end_s),
                 format_energy(s.energy_j),
                 format_cost(s.cost_usd),
-                s.source,
+                s.source.to_string(),
+                quality_label(s),
             );
         }
         for l in &self.loads {
@@ -579,6 +610,13 @@ impl Plan {
             format_cost(self.totals.cost_usd),
             limit(self.budget.cost_usd, &format_cost),
         );
+        if let Some(q) = self.budget.quality_loss {
+            let _ = writeln!(
+                out,
+                "quality: predicted loss against the reference at most {:.3} (95% bound; tolerance {q})",
+                self.totals.quality_loss
+            );
+        }
         let _ = writeln!(
             out,
             "binding: {}",
@@ -639,6 +677,30 @@ impl Infeasible {
             }
         }
         out
+    }
+}
+
+/// Which quality figure a step's config rests on, in a few words.
+fn quality_label(s: &PlannedStep) -> String {
+    use crate::quality::Level;
+    let Some(b) = &s.quality_basis else {
+        return "-".into();
+    };
+    let n = b.n.map(|n| format!(" n={n}")).unwrap_or_default();
+    let value = s.quality.map(|q| format!("{q:.2} ")).unwrap_or_default();
+    match b.level {
+        Level::Reference => format!("{value}reference{n}"),
+        Level::Step | Level::Task => format!(
+            "{value}{}{n} vs {}, loss <= {:.3}",
+            if b.level == Level::Step {
+                "step"
+            } else {
+                "task"
+            },
+            b.reference,
+            s.quality_loss.unwrap_or(0.0)
+        ),
+        Level::None => format!("unmeasured (reference {})", b.reference),
     }
 }
 

@@ -127,6 +127,7 @@ impl OperatorPolicy {
             latency_s: cap(budget.latency_s, &max.latency, units::parse_duration)?,
             energy_j: cap(budget.energy_j, &max.energy, units::parse_energy)?,
             cost_usd: cap(budget.cost_usd, &max.cost, units::parse_cost)?,
+            quality_loss: budget.quality_loss,
         })
     }
 

@@ -39,6 +39,9 @@ pub struct ProfileFile {
     /// Token counts of workflow steps, learned from runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepTokens>,
+    /// Quality of workflow steps on models, measured on the workflow's own examples.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_quality: Vec<StepQuality>,
 }
 
 impl ProfileFile {
@@ -143,6 +146,35 @@ pub struct StepTokens {
     pub n: u32,
 }
 
+/// How good a workflow's final outputs are when one of its steps runs on one model and
+/// every other llm step on its reference (`joule tune`): the figure the planner trusts over a
+/// task-level one, because it is measured on the workflow's own prompts. The paired loss
+/// compares the same examples with the step on its reference, which separates two models
+/// with far fewer examples than two independent means do.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepQuality {
+    pub workflow: String,
+    pub step: String,
+    pub model: String,
+    /// Mean score of the scored outputs, 0..1.
+    pub value: f64,
+    /// Standard error of `value`.
+    pub se: f64,
+    /// Examples scored.
+    pub n: u32,
+    /// The model this step ran on for the reference scores.
+    pub reference: String,
+    /// Mean of (reference score - this score) over the same examples; 0 for the reference.
+    pub loss: f64,
+    /// Standard error of `loss`.
+    pub loss_se: f64,
+    pub source: Source,
+    /// What it was measured on (e.g. `examples ticket-triage.jsonl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<String>,
+}
+
 /// Constant figures of a tool step.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -163,6 +195,7 @@ pub struct Profiles {
     quality: BTreeMap<(String, Task), Quality>,
     tools: BTreeMap<String, Tool>,
     steps: BTreeMap<(String, String, String), StepTokens>,
+    step_quality: BTreeMap<(String, String, String), StepQuality>,
 }
 
 /// Keeps `new` over `old` when its source is at least as strong (later files win ties).
@@ -235,6 +268,16 @@ impl Profiles {
             self.steps
                 .insert((t.workflow.clone(), t.step.clone(), t.model.clone()), t);
         }
+        for q in file.step_quality {
+            let key = (q.workflow.clone(), q.step.clone(), q.model.clone());
+            if self
+                .step_quality
+                .get(&key)
+                .is_none_or(|o| q.source >= o.source)
+            {
+                self.step_quality.insert(key, q);
+            }
+        }
         for t in file.tools {
             if self.tools.get(&t.name).is_none_or(|o| t.source >= o.source) {
                 self.tools.insert(t.name.clone(), t);
@@ -266,6 +309,12 @@ impl Profiles {
                 .map(|(_, t)| t)
                 .max_by_key(|t| t.n)
         })
+    }
+
+    /// The step-level quality of `step` of `workflow` on `model`, when it was measured.
+    pub fn step_quality(&self, workflow: &str, step: &str, model: &str) -> Option<&StepQuality> {
+        self.step_quality
+            .get(&(workflow.to_string(), step.to_string(), model.to_string()))
     }
 
     pub fn tool(&self, name: &str) -> Option<&Tool> {

@@ -150,6 +150,8 @@ pub fn problem(
                     energy_j: f.1 * latency,
                     cost_usd: hourly[d] * latency / 3600.0 + f.1 * latency * 0.15 / 3.6e6,
                     quality: Some(f.4),
+                    loss: None,
+                    basis: None,
                     calls: 1,
                     tokens_in: tokens,
                     tokens_out: tokens,

@@ -121,6 +121,13 @@ pub fn budget_violations(b: &Budget, t: &Totals) -> Vec<String> {
             b.cost_usd.unwrap_or(0.0)
         ));
     }
+    if over(b.quality_loss, t.quality_loss) {
+        v.push(format!(
+            "a predicted quality loss of {:.3} exceeds the tolerance of {:.3}",
+            t.quality_loss,
+            b.quality_loss.unwrap_or(0.0)
+        ));
+    }
     v
 }
 

@@ -268,6 +268,23 @@ fn milp_round(
         model = model.with(constraint!(cost.clone() <= c));
         constraints += 1;
     }
+    if let Some(q) = p.budget.quality_loss {
+        let loss: Expression = p
+            .steps
+            .iter()
+            .enumerate()
+            .flat_map(|(s, step)| {
+                step.configs
+                    .iter()
+                    .enumerate()
+                    .map(move |(c, cfg)| (s, c, cfg.loss.unwrap_or(0.0)))
+            })
+            .filter(|&(_, _, l)| l > 0.0)
+            .map(|(s, c, l)| l * x[s][c])
+            .sum();
+        model = model.with(constraint!(loss <= q));
+        constraints += 1;
+    }
     for (r, res) in p.resources.iter().enumerate() {
         let on_r: Vec<usize> = (0..p.residencies.len())
             .filter(|&k| p.residencies[k].resource == r)

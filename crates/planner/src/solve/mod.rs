@@ -48,6 +48,10 @@ pub struct Totals {
     pub latency_s: f64,
     pub energy_j: f64,
     pub cost_usd: f64,
+    /// Predicted loss of output quality against the reference: the steps' upper confidence
+    /// bounds, summed (0 when every step runs on its reference or is unmeasured).
+    #[serde(default)]
+    pub quality_loss: f64,
 }
 
 /// When each step runs.
@@ -133,6 +137,7 @@ fn scales(p: &Problem) -> Totals {
         latency_s: s.latency_s.max(1e-3),
         energy_j: s.energy_j.max(1e-3),
         cost_usd: s.cost_usd.max(1e-6),
+        quality_loss: 0.0,
     }
 }
 
@@ -241,6 +246,8 @@ mod tests {
             energy_j: 0.0,
             cost_usd: 0.0,
             quality: None,
+            loss: None,
+            basis: None,
             calls: 1,
             tokens_in: 0.0,
             tokens_out: 0.0,

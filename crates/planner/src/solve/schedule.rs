@@ -106,6 +106,7 @@ pub(super) fn evaluate_traced(
         let config = &p.steps[s].configs[c];
         totals.energy_j += config.energy_j;
         totals.cost_usd += config.cost_usd;
+        totals.quality_loss += config.loss.unwrap_or(0.0);
     }
     for &r in &used {
         totals.energy_j += p.residencies[r].energy_j;

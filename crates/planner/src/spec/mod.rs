@@ -7,8 +7,11 @@
 //! first, so one `joule validate` shows a data team everything to fix. Cross-step checks
 //! (references, cycles, policy) belong to [`crate::dag`].
 
+mod quality;
 pub mod raw;
 pub mod units;
+
+pub use quality::{Examples, Metric, OutputScore, QualityRule};
 
 use std::collections::BTreeMap;
 
@@ -48,6 +51,10 @@ pub struct Workflow {
     pub policy: Policy,
     pub steps: Vec<Step>,
     pub outputs: Vec<Output>,
+    /// How much quality the plan may give up, and what unmeasured steps run on.
+    pub quality: QualityRule,
+    /// What the workflow's own quality is measured on (`joule tune`).
+    pub examples: Option<Examples>,
     #[serde(skip)]
     pub source: SourceFile,
 }
@@ -95,6 +102,10 @@ pub struct Budget {
     pub latency_s: Option<f64>,
     pub energy_j: Option<f64>,
     pub cost_usd: Option<f64>,
+    /// The most predicted loss of output quality against the reference (the workflow's
+    /// `quality: { within }`), summed over steps as upper confidence bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_loss: Option<f64>,
 }
 
 /// What the planner minimises inside the budget.
@@ -618,7 +629,17 @@ impl Checker<'_> {
                 .cost
                 .as_ref()
                 .and_then(|d| self.positive(d, units::parse_cost, "cost")),
+            quality_loss: None,
         });
+        let quality = raw
+            .quality
+            .as_ref()
+            .map_or(QualityRule::default(), |q| self.quality_rule(q));
+        let budget = Budget {
+            quality_loss: quality.within(),
+            ..budget
+        };
+        let examples = raw.examples.map(|e| self.examples(e));
 
         let policy = raw.policy.map_or_else(Policy::default, |p| {
             let tools = p.tools.map(strings).unwrap_or_default();
@@ -709,7 +730,26 @@ impl Checker<'_> {
                     template: self.template(&template),
                 }
             })
-            .collect();
+            .collect::<Vec<Output>>();
+        for score in examples.iter().flat_map(|e| &e.scores) {
+            if !outputs.iter().any(|o| o.name == score.output) {
+                let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+                let offset = score.pos.offset;
+                self.errors.push(
+                    SpecError::at(
+                        self.file,
+                        offset,
+                        score.output.len(),
+                        ErrorCode::UnknownReference,
+                        format!(
+                            "`examples.score` scores `{}`, which is not an output",
+                            score.output
+                        ),
+                    )
+                    .with_help(suggest(&score.output, "output", &names)),
+                );
+            }
+        }
 
         Workflow {
             name: raw.name.value,
@@ -720,6 +760,8 @@ impl Checker<'_> {
             policy,
             steps,
             outputs,
+            quality,
+            examples,
             source: self.file.clone(),
         }
     }

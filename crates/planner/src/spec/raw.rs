@@ -124,11 +124,57 @@ pub struct RawWorkflow {
     /// What the workflow may touch: providers, models and tools.
     #[serde(default)]
     pub policy: Option<RawPolicy>,
+    /// How much answer quality the plan may give up against the reference (every llm step
+    /// on its best-quality model): `{ within: 0.02 }` bounds the predicted loss of the
+    /// scored outputs, with confidence; `any` lets steps with no measured quality run on the
+    /// cheapest model. Without it, such steps run on the reference and measured steps keep
+    /// their `quality` floors.
+    #[serde(default)]
+    #[schemars(with = "Option<QualitySchema>")]
+    pub quality: Option<At<serde_json::Value>>,
+    /// Examples of inputs with the expected values of some outputs, and how each output is
+    /// scored: what `joule tune` measures the workflow's own quality on.
+    #[serde(default)]
+    pub examples: Option<RawExamples>,
     /// The steps, by name. Dependencies come from template references and `needs`.
     pub steps: Entries<RawStep>,
     /// Named results of a run, as templates over inputs and step outputs.
     #[serde(default)]
     pub outputs: Entries<At<String>>,
+}
+
+/// The shapes `quality:` takes at workflow level (for the schema; the checker reads the value).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum QualitySchema {
+    /// `any`: steps with no measured quality may run on any model.
+    Any(QualityAny),
+    /// The most quality the plan may lose against the reference, 0..1.
+    Within { within: f64 },
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum QualityAny {
+    Any,
+}
+
+/// A workflow's examples: a JSONL file and how its outputs are scored.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Examples")]
+pub struct RawExamples {
+    /// A JSONL file, relative to the workflow file: one example per line, `{"id": ...,
+    /// "inputs": {...}, "expected": {"OUTPUT": value, ...}}`.
+    pub file: At<String>,
+    /// Output name to metric: `exact`, `label`, `token_f1`, `rouge_l`, `json_fields`
+    /// (`{ json_fields: { schema: {...} } }` to check a schema too), `tests` (the expected
+    /// value is a HumanEval-style problem whose tests run in the sandbox), or `{ judge: {
+    /// model: ID, prompt: TEMPLATE } }` (an llm call that rates the answer 0..10; the
+    /// template reads `answer`, `expected` and `inputs`).
+    pub score: Entries<At<serde_json::Value>>,
 }
 
 /// An input the caller passes to a run.

@@ -5,5 +5,6 @@
 mod compile_props;
 mod estimate;
 mod plan_record;
+mod quality;
 mod robustness;
 mod solve_props;

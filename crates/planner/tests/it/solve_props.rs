@@ -1,6 +1,6 @@
 //! The MILP against an exhaustive search on hundreds of random small instances (up to 8 steps
 //! and 6 configs each, parallel branches sharing one-at-a-time devices, model loads, memory
-//! limits and budgets): same optimum, every plan passes the independent check, and neither
+//! limits and budgets, the quality tolerance among them): same optimum, every plan passes the independent check, and neither
 //! baseline ever beats it.
 
 use joule_planner::estimate::{Config, Problem, Residency, Resource, StepChoices};
@@ -73,6 +73,9 @@ fn problem(raw: &Raw) -> Problem {
                     energy_j: f64::from(energy),
                     cost_usd: f64::from(cost) * 1e-3,
                     quality: Some(0.5),
+                    // Model 0 is every step's reference; larger ids lose more quality.
+                    loss: Some(0.05 * m as f64),
+                    basis: None,
                     calls: 1,
                     tokens_in: 10.0,
                     tokens_out: 10.0,
@@ -85,8 +88,9 @@ fn problem(raw: &Raw) -> Problem {
     let objective =
         [Objective::Energy, Objective::Cost, Objective::Latency][raw.objective as usize % 3];
     let mut budget = Budget::default();
-    match raw.budget.0 % 4 {
+    match raw.budget.0 % 5 {
         0 => {}
+        4 => budget.quality_loss = Some(f64::from(raw.budget.1 % 10) * 0.02),
         1 => budget.latency_s = Some(2.0 + f64::from(raw.budget.1 % 20)),
         2 => budget.energy_j = Some(f64::from(raw.budget.1 % 200)),
         _ => {
