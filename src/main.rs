@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use commands::{
     audit, bench, devices, eval, generate, graph, models, plan, profile, replay, run, runs, schema,
-    serve, validate,
+    serve, tune, validate,
 };
 
 /// Plans and runs multi-step AI agent workflows under latency, energy and cost budgets.
@@ -50,6 +50,8 @@ enum Command {
     Profile(profile::Args),
     /// Score models on each kind of task and write the quality into the machine profile.
     Eval(eval::Args),
+    /// Measure each llm step of a workflow on its own examples against its reference model.
+    Tune(tune::Args),
     /// A run's audit log, and whether its hash chain is intact.
     Audit(audit::Args),
     /// What joule detects here: CPU, NVIDIA GPUs, energy counters, endpoints.
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
         Command::Profile(args) => profile::run(&args, settings),
         Command::Devices(args) => devices::run(&args),
         Command::Eval(args) => eval::run(&args, settings),
+        Command::Tune(args) => tune::run(&args, settings),
         Command::Audit(args) => audit::run(&args, &settings),
         Command::Bench(args) => bench::run(&args, settings),
     };

@@ -15,6 +15,7 @@ pub mod run;
 pub mod runs;
 pub mod schema;
 pub mod serve;
+pub mod tune;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ pub enum ObjectiveArg {
     Latency,
 }
 
-/// What planning depends on, shared by `plan`, `run` and `bench`.
+/// What planning depends on, shared by `plan`, `run`, `bench` and `tune`.
 #[derive(clap::Args, Clone)]
 pub struct PlanningArgs {
     /// What to minimise (default: the workflow's `objective`).

@@ -27,6 +27,9 @@ steps:
     quality: 0.5
 outputs:
   answer: "{{ steps.answer.output }}"
+examples:
+  file: qa.jsonl
+  score: { answer: token_f1 }
 "#;
 
 const LABEL: &str = r#"name: tiny-label
@@ -49,17 +52,16 @@ steps:
     max_tokens: 40
 outputs:
   category: "{{ steps.classify.output }}"
+examples:
+  file: label.jsonl
+  score: { category: label }
 "#;
 
 const SUITE: &str = r#"name: tiny
 workflows:
   - workflow: qa.yaml
-    requests: qa.jsonl
-    score: { kind: token_f1, output: answer }
     slo: { standard: 2m, tight: 50ms }
   - workflow: label.yaml
-    requests: label.jsonl
-    score: { kind: label, output: category }
     slo: { standard: 2m, tight: 50ms }
 "#;
 
@@ -362,17 +364,30 @@ fn bad_suites_and_arguments_are_refused_with_what_to_fix() {
     assert!(code != 0 && err.contains("qa.jsonl:3: not JSON"), "{err}");
     std::fs::write(&qa, good).unwrap();
 
-    // A scored output the workflow lacks, and a misspelt key in the manifest.
-    let manifest = s.join("suite.yaml");
-    std::fs::write(&manifest, SUITE.replace("output: answer", "output: reply")).unwrap();
+    // A scored output the workflow lacks, a workflow without examples, and a misspelt key
+    // in the manifest.
+    std::fs::write(
+        s.join("qa.yaml"),
+        QA.replace("{ answer: token_f1 }", "{ reply: token_f1 }"),
+    )
+    .unwrap();
     let (code, _, err) = sim(&[]);
     assert!(
-        code != 0 && err.contains("output `reply`") && err.contains("its outputs: answer"),
+        code != 0 && err.contains("scores `reply`, which is not an output"),
         "{err}"
     );
+    let bare = &QA[..QA.find("examples:").unwrap()];
+    std::fs::write(s.join("qa.yaml"), bare).unwrap();
+    let (code, _, err) = sim(&[]);
+    assert!(code != 0 && err.contains("has no `examples:`"), "{err}");
+    std::fs::write(s.join("qa.yaml"), QA).unwrap();
+    let manifest = s.join("suite.yaml");
     std::fs::write(
         &manifest,
-        SUITE.replace("requests: qa.jsonl", "request: qa.jsonl"),
+        SUITE.replace(
+            "slo: { standard: 2m, tight: 50ms }\n  - workflow: label",
+            "sloo: { standard: 2m }\n  - workflow: label",
+        ),
     )
     .unwrap();
     let (code, _, err) = sim(&[]);

@@ -15,3 +15,4 @@ mod profile;
 mod run;
 mod serve;
 mod support;
+mod tune;

@@ -1,10 +1,13 @@
 //! joule's lab: the measuring side. [`profiler`] measures a (model, device) the way the
-//! planner's cost model reads it, [`eval`] scores models on each kind of task, [`bench`]
+//! planner's cost model reads it, [`eval`] scores models on each kind of task, [`tune`]
+//! measures a workflow's steps on its own [`examples`], [`bench`]
 //! compares joule's plans with the baselines on a suite of workflows, for real or simulated,
 //! and [`plot`] draws every chart. These are applications of the executor and the model
 //! backends, not parts of them.
 
 pub mod bench;
 pub mod eval;
+pub mod examples;
 pub mod plot;
 pub mod profiler;
+pub mod tune;

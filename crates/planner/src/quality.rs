@@ -48,6 +48,10 @@ pub struct Basis {
     pub eval: Option<String>,
     /// The mean loss against the reference (the solver uses the bound).
     pub loss_mean: f64,
+    /// The workflow's score with every step on its reference, where `joule tune` measured
+    /// it: with the mean losses, what a plan predicts its outputs score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_value: Option<f64>,
 }
 
 /// A config's quality, as the planner uses it.
@@ -110,12 +114,16 @@ pub fn judge(
     let task_q = profiles.quality(model, task);
     let step_q = profiles.step_quality(workflow, step, model);
     let quality = step_q.map(|q| q.value).or(task_q.map(|q| q.value));
+    let reference_value = profiles
+        .step_quality(workflow, step, reference)
+        .map(|r| r.value);
     let basis = |level, n, eval: Option<&String>, loss_mean| Basis {
         level,
         reference: reference.to_string(),
         n,
         eval: eval.cloned(),
         loss_mean,
+        reference_value,
     };
     if model == reference {
         let (n, eval) = match (step_q, task_q) {

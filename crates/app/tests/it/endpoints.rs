@@ -67,6 +67,8 @@ fn config(model: Option<&str>, device: &str, latency_s: f64, energy_j: f64) -> C
         energy_j,
         cost_usd: 0.0,
         quality: None,
+        loss: None,
+        basis: None,
         calls: 1,
         tokens_in: 10.0,
         tokens_out: 4.0,

@@ -18,7 +18,8 @@ use joule_planner::plan::{self, Method, Plan, PlanError, PlannedStep};
 use joule_planner::spec::Objective;
 
 use super::summary::{self, Group};
-use super::{BenchError, BenchRequest, Entry, Mode, Results, Row, Strategy, Suite};
+use super::{BenchError, Entry, Mode, Results, Row, Strategy, Suite};
+use crate::examples::{self, Example};
 
 /// One (workflow, tier, policy)'s plan, fixed for all its requests.
 pub struct Planned {
@@ -160,7 +161,7 @@ pub fn simulate(
     for p in planned {
         let entry = &suite.entries[p.entry];
         let quality =
-            super::predicted_quality(&entry.dag, &p.plan, &entry.score.output).unwrap_or(0.0);
+            super::predicted_quality(&entry.dag, &p.plan, &entry.scored_outputs()).unwrap_or(0.0);
         let t = &p.plan.totals;
         for r in 0..n {
             results.push(Row {
@@ -321,7 +322,7 @@ async fn one(
     entry: &Entry,
     p: &Planned,
     r: usize,
-    request: &BenchRequest,
+    request: &Example,
     scorer: &dyn Backend,
     cancel: &Cancel,
 ) -> Result<Option<Row>, DriverError> {
@@ -355,18 +356,15 @@ async fn one(
     }
     let report = Report::new(&p.plan, &outcome);
     store.set_report(&run_id, &report)?;
-    let answer = outcome
-        .outputs
-        .get(&entry.score.output)
-        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
-    let (quality, detail) = match (&answer, outcome.status) {
-        (Some(a), RunStatus::Succeeded) => {
-            super::score(entry.score.kind, &request.expected, a, scorer, cancel)
+    let (quality, detail) = match outcome.status {
+        RunStatus::Succeeded => {
+            examples::score_outputs(&entry.scores, request, &outcome.outputs, scorer, cancel)
                 .await
                 .map_err(|e| AppError::failed(format!("scoring {}: {e}", request.id)))?
         }
-        _ => (0.0, String::new()),
+        _ => (0.0, Vec::new()),
     };
+    let detail = detail.join("; ");
     tracing::debug!(request = %request.id, quality, detail, "scored");
     let succeeded = outcome.status == RunStatus::Succeeded;
     let models: BTreeSet<&str> = report

@@ -5,7 +5,7 @@
 //! (`workflows/bench/`), every row says whether it was run or simulated and how its energy was
 //! obtained, and quality is scored from shipped answers rather than judged by a model.
 //! [`suite`] loads and checks it, [`driver`] plans and runs (or simulates) every request,
-//! [`score`] judges each answer, [`results`] keeps the rows as they come, and [`summary`]
+//! [`crate::examples`] judges each answer, [`score`] predicts its quality, [`results`] keeps the rows as they come, and [`summary`]
 //! reduces them to the figures `summary.md` reports.
 
 pub mod driver;
@@ -21,8 +21,8 @@ use joule_planner::SpecError;
 
 pub use joule_planner::solve::Strategy;
 pub use results::{COLUMNS, Mode, Results, Row, read_rows};
-pub use score::{predicted_quality, score};
-pub use suite::{BenchRequest, Entry, MANIFEST, Score, ScoreKind, Suite};
+pub use score::predicted_quality;
+pub use suite::{Entry, MANIFEST, Suite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

@@ -4,34 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use joule_planner::spec::OutputScore;
 use joule_planner::spec::units;
 use joule_planner::{CompileContext, Dag, SourceFile};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::Deserialize;
 
-use crate::eval::humaneval;
+use crate::examples::Example;
 
-use super::{BenchError, io};
-
-/// How a request's answer is scored against its `expected` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScoreKind {
-    /// The output names the expected label (1 or 0).
-    Label,
-    /// SQuAD-style token F1 of the output, best over the accepted answers.
-    TokenF1,
-    /// The output's code passes the HumanEval problem's tests in the sandbox (1 or 0).
-    Humaneval,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Score {
-    pub kind: ScoreKind,
-    /// The workflow output that is scored.
-    pub output: String,
-}
+use super::BenchError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,19 +23,10 @@ struct RawSuite {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEntry {
+    /// The workflow; its `examples:` are the requests and how they are scored.
     workflow: PathBuf,
-    requests: PathBuf,
-    score: Score,
     /// Tier name to latency SLO (`30s`, `2m`).
     slo: BTreeMap<String, String>,
-}
-
-/// One request: the workflow's inputs and what a right answer is.
-#[derive(Debug, Clone)]
-pub struct BenchRequest {
-    pub id: String,
-    pub inputs: Map<String, Value>,
-    pub expected: Value,
 }
 
 /// One workflow of the suite.
@@ -63,8 +34,10 @@ pub struct Entry {
     pub file: PathBuf,
     pub source: SourceFile,
     pub dag: Dag,
-    pub requests: Vec<BenchRequest>,
-    pub score: Score,
+    /// The workflow's examples, asked in order.
+    pub requests: Vec<Example>,
+    /// How its outputs are scored (the workflow's `examples.score`).
+    pub scores: Vec<OutputScore>,
     /// Tier name to SLO seconds.
     pub slo: BTreeMap<String, f64>,
 }
@@ -72,6 +45,11 @@ pub struct Entry {
 impl Entry {
     pub fn name(&self) -> &str {
         &self.dag.workflow.name
+    }
+
+    /// The outputs whose quality the benchmark reports.
+    pub fn scored_outputs(&self) -> Vec<&str> {
+        self.scores.iter().map(|s| s.output.as_str()).collect()
     }
 }
 
@@ -113,26 +91,9 @@ impl Suite {
             let file = dir.join(&e.workflow);
             let wf_source = joule_planner::spec::read_source(&file).map_err(BenchError::Spec)?;
             let dag = joule_planner::compile_source(&wf_source, ctx).map_err(BenchError::Spec)?;
-            if !dag
-                .workflow
-                .outputs
-                .iter()
-                .any(|o| o.name == e.score.output)
-            {
-                let outputs: Vec<&str> = dag
-                    .workflow
-                    .outputs
-                    .iter()
-                    .map(|o| o.name.as_str())
-                    .collect();
-                return Err(BenchError::Suite(format!(
-                    "{}: `{}` scores output `{}`, which the workflow does not have (its outputs: {})",
-                    manifest.display(),
-                    e.workflow.display(),
-                    e.score.output,
-                    outputs.join(", ")
-                )));
-            }
+            let scores = crate::examples::scores_of(&dag, &file)?.to_vec();
+            let requests_path = crate::examples::path_of(&dag, &file)
+                .expect("a workflow with scores names its examples");
             let mut slo = BTreeMap::new();
             for (tier, text) in &e.slo {
                 let s = units::parse_duration(text)
@@ -147,14 +108,13 @@ impl Suite {
                     })?;
                 slo.insert(tier.clone(), s);
             }
-            let requests_path = dir.join(&e.requests);
-            let requests = read_requests(&requests_path, &dag, e.score.kind)?;
+            let requests = crate::examples::read(&requests_path, &dag, &scores)?;
             entries.push(Entry {
                 file,
                 source: wf_source,
                 dag,
                 requests,
-                score: e.score,
+                scores,
                 slo,
             });
         }
@@ -178,81 +138,5 @@ impl Suite {
             }
         }
         Ok(())
-    }
-}
-
-/// Reads a `.jsonl` file of requests: `{"id", "inputs": {...}, "expected": ...}` per line.
-fn read_requests(path: &Path, dag: &Dag, kind: ScoreKind) -> Result<Vec<BenchRequest>, BenchError> {
-    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-    let at = |line: usize, message: String| BenchError::Request {
-        file: path.display().to_string(),
-        line,
-        message,
-    };
-    let mut requests = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| at(n, format!("not JSON: {e}")))?;
-        let Value::Object(mut obj) = value else {
-            return Err(at(
-                n,
-                "expected a JSON object with id, inputs and expected".into(),
-            ));
-        };
-        let id = match obj.remove("id") {
-            Some(Value::String(s)) => s,
-            _ => return Err(at(n, "`id` must be a string".into())),
-        };
-        let Some(Value::Object(given)) = obj.remove("inputs") else {
-            return Err(at(n, format!("{id}: `inputs` must be an object")));
-        };
-        let inputs = joule_executor::runtime::inputs::resolve(&dag.workflow, given)
-            .map_err(|errors| at(n, format!("{id}: {}", errors.join("; "))))?;
-        let expected = obj.remove("expected").unwrap_or(Value::Null);
-        check_expected(kind, &expected).map_err(|m| at(n, format!("{id}: {m}")))?;
-        if let Some(k) = obj.keys().next() {
-            return Err(at(
-                n,
-                format!("{id}: unknown key `{k}` (a request has id, inputs, expected)"),
-            ));
-        }
-        requests.push(BenchRequest {
-            id,
-            inputs,
-            expected,
-        });
-    }
-    if requests.is_empty() {
-        return Err(BenchError::Suite(format!(
-            "{}: no requests",
-            path.display()
-        )));
-    }
-    Ok(requests)
-}
-
-fn check_expected(kind: ScoreKind, expected: &Value) -> Result<(), String> {
-    match kind {
-        ScoreKind::Label if expected.is_string() => Ok(()),
-        ScoreKind::Label => Err("`expected` must be the label, a string".into()),
-        ScoreKind::TokenF1 => accepted(expected)
-            .filter(|a| !a.is_empty())
-            .map(|_| ())
-            .ok_or_else(|| "`expected` must be an answer or a list of accepted answers".into()),
-        ScoreKind::Humaneval => serde_json::from_value::<humaneval::Problem>(expected.clone())
-            .map(|_| ())
-            .map_err(|e| format!("`expected` must be a HumanEval problem: {e}")),
-    }
-}
-
-pub(super) fn accepted(expected: &Value) -> Option<Vec<String>> {
-    match expected {
-        Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(a) => a.iter().map(|v| v.as_str().map(str::to_string)).collect(),
-        _ => None,
     }
 }

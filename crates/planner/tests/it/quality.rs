@@ -94,7 +94,7 @@ fn a_step_level_figure_beats_a_task_level_one() {
     p.merge(
         Profiles::parse(&SourceFile::new(
             "tuned.yaml",
-            &step_figures(&[(BIG, 0.9, 0.0, 0.0, 40), (MID, 0.9, 0.0, 0.005, 40)]),
+            step_figures(&[(BIG, 0.9, 0.0, 0.0, 40), (MID, 0.9, 0.0, 0.005, 40)]),
         ))
         .unwrap(),
     );
