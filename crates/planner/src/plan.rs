@@ -15,6 +15,7 @@ use crate::dag::Dag;
 use crate::estimate::{self, Environment, Problem};
 use crate::figure::{Meter, Source};
 use crate::profile::Profiles;
+use crate::quality::Level;
 use crate::solve::{self, Options, Solution, SolveError, Status, Strategy, Totals};
 use crate::spec::units::format_duration;
 use crate::spec::{Budget, Kind, Objective};
@@ -521,6 +522,34 @@ pub fn explain(p: &Problem, workflow: &str, opts: &Options) -> Infeasible {
 }
 
 impl Plan {
+    /// The step-level quality figures a run of this plan observes: every step's reference
+    /// figure when every llm step ran on its reference, the one changed step's figure when only
+    /// one did not, nothing otherwise (a score with two steps changed belongs to no figure).
+    pub fn observed_quality(&self) -> Vec<(String, String)> {
+        let llm: Vec<(&str, &str, Level)> = self
+            .steps
+            .iter()
+            .filter_map(|s| {
+                let b = s.quality_basis.as_ref()?;
+                Some((s.id.as_str(), s.model.as_deref()?, b.level))
+            })
+            .collect();
+        let changed: Vec<&(&str, &str, Level)> = llm
+            .iter()
+            .filter(|(_, _, level)| *level != Level::Reference)
+            .collect();
+        let pick = |v: Vec<&(&str, &str, Level)>| {
+            v.into_iter()
+                .map(|(s, m, _)| (s.to_string(), m.to_string()))
+                .collect()
+        };
+        match changed.len() {
+            0 => pick(llm.iter().collect()),
+            1 => pick(changed),
+            _ => Vec::new(),
+        }
+    }
+
     /// The plan as a table for people.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
@@ -682,7 +711,6 @@ impl Infeasible {
 
 /// Which quality figure a step's config rests on, in a few words.
 fn quality_label(s: &PlannedStep) -> String {
-    use crate::quality::Level;
     let Some(b) = &s.quality_basis else {
         return "-".into();
     };

@@ -175,6 +175,27 @@ pub struct StepQuality {
     pub eval: Option<String>,
 }
 
+impl StepQuality {
+    /// Adds one more scored run of this configuration (a benchmark request, say) to the
+    /// score's mean and standard error. The paired loss stays `joule tune`'s: a lone run has
+    /// no reference run of the same example to be paired with.
+    pub fn observe(&mut self, score: f64) {
+        let n = f64::from(self.n);
+        // The sample variance the stored standard error came from.
+        let var = self.se * self.se * n;
+        let mean = self.value + (score - self.value) / (n + 1.0);
+        let m2 = var * (n - 1.0).max(0.0) + (score - self.value) * (score - mean);
+        self.n += 1;
+        self.value = mean;
+        let n = f64::from(self.n);
+        self.se = if n > 1.0 {
+            (m2 / (n - 1.0) / n).sqrt()
+        } else {
+            0.0
+        };
+    }
+}
+
 /// Constant figures of a tool step.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -376,6 +397,29 @@ mod tests {
         let again = file("again", &original.to_yaml().unwrap());
         assert_eq!(again.hardware, original.hardware);
         assert_eq!(again.name, "m");
+    }
+
+    #[test]
+    fn an_observed_score_updates_the_mean_and_its_standard_error() {
+        let mut q = StepQuality {
+            workflow: "w".into(),
+            step: "s".into(),
+            model: "m".into(),
+            value: 0.5,
+            // Two scores, 0 and 1: sample sd 0.7071, se 0.5.
+            se: 0.5,
+            n: 2,
+            reference: "m".into(),
+            loss: 0.0,
+            loss_se: 0.0,
+            source: Source::Measured,
+            eval: None,
+        };
+        q.observe(1.0);
+        // Scores 0, 1, 1: mean 2/3, sample variance 1/3, se sqrt(1/9).
+        assert_eq!(q.n, 3);
+        assert!((q.value - 2.0 / 3.0).abs() < 1e-12);
+        assert!((q.se - (1.0f64 / 9.0).sqrt()).abs() < 1e-12, "{}", q.se);
     }
 
     #[test]

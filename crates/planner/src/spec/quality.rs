@@ -13,8 +13,9 @@ use crate::diag::{ErrorCode, Pos};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "rule", content = "within")]
 pub enum QualityRule {
-    /// The default: a step with no quality figure runs on its reference model (the
-    /// best-quality one the planner may use); measured steps keep their per-step floors.
+    /// The default: a step runs on its reference model (the best-quality one the planner
+    /// may use) unless a measured figure says another model loses nothing against it, even
+    /// at the upper end of its 95% interval.
     #[default]
     Reference,
     /// Any model may run a step, measured or not (the cheapest wins).

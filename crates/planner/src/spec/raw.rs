@@ -127,8 +127,8 @@ pub struct RawWorkflow {
     /// How much answer quality the plan may give up against the reference (every llm step
     /// on its best-quality model): `{ within: 0.02 }` bounds the predicted loss of the
     /// scored outputs, with confidence; `any` lets steps with no measured quality run on the
-    /// cheapest model. Without it, such steps run on the reference and measured steps keep
-    /// their `quality` floors.
+    /// cheapest model. Without it, every step runs on its reference unless a measured figure
+    /// bounds another model's loss at zero.
     #[serde(default)]
     #[schemars(with = "Option<QualitySchema>")]
     pub quality: Option<At<serde_json::Value>>,
@@ -143,9 +143,10 @@ pub struct RawWorkflow {
     pub outputs: Entries<At<String>>,
 }
 
-/// The shapes `quality:` takes at workflow level (for the schema; the checker reads the value).
+/// How much answer quality a plan may give up against the reference.
 #[derive(JsonSchema)]
 #[serde(untagged)]
+#[schemars(rename = "WorkflowQuality")]
 #[allow(dead_code)]
 pub enum QualitySchema {
     /// `any`: steps with no measured quality may run on any model.
@@ -156,6 +157,7 @@ pub enum QualitySchema {
 
 #[derive(JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "QualityAny")]
 #[allow(dead_code)]
 pub enum QualityAny {
     Any,

@@ -8,7 +8,9 @@ use joule_planner::estimate::{
 use joule_planner::profile::Profiles;
 use joule_planner::{CompileContext, SourceFile, compile_source};
 
+// `quality: any`: every config is costed, not only each step's reference.
 const WORKFLOW: &str = r#"name: t
+quality: any
 inputs:
   doc: { type: string }
 policy: { providers: [local, openai] }
@@ -63,9 +65,10 @@ fn llm_step_figures_follow_the_formulas() {
         "{} vs {tokens_in}",
         c.tokens_in
     );
-    assert_eq!(c.tokens_out, 50.0);
+    // A free-text answer is expected to take half its `max_tokens` until runs measure it.
+    assert_eq!(c.tokens_out, 25.0);
     // Reference profile: prefill 5.3 tok/s, decode 14.3 tok/s, 20 W; catalog: $0.15/kWh, $0.02/h.
-    let latency = tokens_in / 5.3 + 50.0 / 14.3;
+    let latency = tokens_in / 5.3 + 25.0 / 14.3;
     assert!((c.latency_s - latency).abs() < 1e-9);
     assert!((c.energy_j - 20.0 * latency).abs() < 1e-9);
     let cost = 20.0 * latency * 0.15 / 3.6e6 + 0.02 * latency / 3600.0;
@@ -74,6 +77,38 @@ fn llm_step_figures_follow_the_formulas() {
         c.source,
         joule_planner::figure::Source::Estimate,
         "power is an estimate, so the energy is"
+    );
+}
+
+/// A run's planner knows its inputs: a given 40-character document counts 10 tokens, not the
+/// typical 200 a plan without inputs assumes.
+#[test]
+fn a_run_plans_with_the_length_of_its_given_inputs() {
+    let dag = compile_source(
+        &SourceFile::new("t.yaml", WORKFLOW),
+        &CompileContext::default(),
+    )
+    .unwrap();
+    let doc = "x".repeat(38);
+    let inputs = serde_json::json!({ "doc": doc });
+    let sized = estimate::sized_by(&dag, inputs.as_object().unwrap());
+    let p = estimate::problem(
+        &sized,
+        &Catalog::builtin(),
+        &Profiles::reference(),
+        &Environment::default(),
+    );
+    let c = config(&p, 0, "qwen2.5-coder-1.5b", "cpu");
+    // The value's JSON text: 38 characters and two quotes.
+    let tokens_in = "Summarise: ".len() as f64 / CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS + 10.0;
+    assert!(
+        (c.tokens_in - tokens_in).abs() < 1e-9,
+        "{} vs {tokens_in}",
+        c.tokens_in
+    );
+    assert!(
+        dag.workflow.inputs[0].default.is_none(),
+        "the workflow is unchanged"
     );
 }
 
@@ -96,7 +131,7 @@ fn for_each_multiplies_calls_and_splits_its_source() {
     assert_eq!(c.calls, 5);
     // Each call reads one element: the upstream output (50 tokens) over the 5 expected elements.
     let per_call_in =
-        "Extract from ".len() as f64 / CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS + 50.0 / 5.0;
+        "Extract from ".len() as f64 / CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS + 25.0 / 5.0;
     assert!(
         (c.tokens_in - 5.0 * per_call_in).abs() < 1e-9,
         "{}",

@@ -131,6 +131,27 @@ fn a_tighter_tolerance_moves_the_step_to_a_bigger_model() {
     assert_eq!(pick(0.01).0, BIG);
 }
 
+/// Without a stated tolerance a measured model replaces the reference only where it loses
+/// nothing, even at the upper end of its interval: a small loss keeps the reference, an
+/// exact tie (a step no scored output reads is one) does not.
+#[test]
+fn without_a_tolerance_only_a_model_that_loses_nothing_replaces_the_reference() {
+    let yaml = workflow("", "classify");
+    let lossy = profiles(&step_figures(&[
+        (BIG, 0.9, 0.0, 0.0, 40),
+        (MID, 0.89, 0.01, 0.004, 40),
+    ]));
+    let plan = plan_of(&yaml, &lossy).unwrap();
+    assert_eq!(model_of(&plan), BIG);
+    let tie = profiles(&step_figures(&[
+        (BIG, 0.9, 0.0, 0.0, 40),
+        (MID, 0.9, 0.0, 0.0, 40),
+    ]));
+    assert_eq!(model_of(&plan_of(&yaml, &tie).unwrap()), MID);
+    let tolerant = workflow("quality: { within: 0.05 }", "classify");
+    assert_eq!(model_of(&plan_of(&tolerant, &lossy).unwrap()), MID);
+}
+
 #[test]
 fn the_confidence_bound_keeps_a_noisy_small_sample_winner_out() {
     // Five examples where the small model happened to beat the reference (mean loss -0.05),
