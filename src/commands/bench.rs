@@ -22,6 +22,10 @@ pub struct Args {
     /// Requests per workflow, policy and tier; the suite's requests are asked in order.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     requests: u32,
+    /// Leave out each workflow's first N examples (e.g. the ones `joule tune --limit N`
+    /// measured on), so quality is measured on held-out ones.
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
     /// The policies to compare, comma-separated: static, greedy, joule.
     #[arg(long, value_delimiter = ',', default_value = "static,greedy,joule")]
     policies: Vec<String>,
@@ -84,7 +88,18 @@ pub fn run(args: &Args, settings: Settings) -> Outcome {
         args.planning.planning(),
         args.endpoints.endpoint.clone(),
     )?;
-    let suite = Suite::load(&args.suite, &assembly.compile).map_err(bench_error)?;
+    let mut suite = Suite::load(&args.suite, &assembly.compile).map_err(bench_error)?;
+    for e in &mut suite.entries {
+        if args.skip >= e.requests.len() {
+            return Err(AppError::invalid(format!(
+                "--skip {}: `{}` has only {} examples",
+                args.skip,
+                e.name(),
+                e.requests.len()
+            )));
+        }
+        e.requests.drain(..args.skip);
+    }
     let tiers: Vec<String> = args.tiers.iter().map(|t| t.trim().to_string()).collect();
     suite.check_tiers(&tiers).map_err(bench_error)?;
     let mode = if args.simulate {

@@ -65,11 +65,33 @@ pub struct ResumeArgs {
 pub fn run(args: &Args, settings: Settings) -> Outcome {
     let json = args.output.json;
     let started = (|| {
-        let assembly = Assembly::new(
-            settings,
+        let mut assembly = Assembly::new(
+            settings.clone(),
             args.planning.planning(),
             args.endpoints.endpoint.clone(),
         )?;
+        let unmeasured = joule_lab::first_run::unmeasured(&assembly);
+        if !unmeasured.is_empty() {
+            let cpu = joule_executor::devices::cpu();
+            eprintln!(
+                "no measured speeds for {} on this CPU ({}, {} threads): measuring them quickly before planning (`joule profile` measures fully; JOULE_FIRST_MEASURE=0 skips this)",
+                unmeasured.join(", "),
+                cpu.model,
+                cpu.threads
+            );
+            let seconds = joule_lab::first_run::measure(&assembly, &unmeasured, &mut |what| {
+                tracing::debug!("{what}")
+            })?;
+            eprintln!(
+                "measured in {seconds:.1} s -> {}",
+                assembly.settings.machine_profile_path().display()
+            );
+            assembly = Assembly::new(
+                settings,
+                args.planning.planning(),
+                args.endpoints.endpoint.clone(),
+            )?;
+        }
         let spec = runs::load(&assembly, &args.file, args.inputs.as_deref(), &args.input)?;
         let ready = runs::prepare(&assembly, spec, None)?;
         Ok::<_, AppError>((assembly, ready))

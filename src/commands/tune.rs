@@ -65,7 +65,7 @@ pub fn run(args: &Args, settings: Settings) -> Outcome {
     )?;
     let source = joule_planner::spec::read_source(&args.file).map_err(AppError::spec)?;
     let dag = assembly.compile(&source)?;
-    let bad = |e: joule_lab::bench::BenchError| AppError::invalid(e.to_string());
+    let bad = |e: examples::ExamplesError| AppError::invalid(e.to_string());
     let scores = examples::scores_of(&dag, &args.file).map_err(bad)?;
     let path = match &args.examples {
         Some(p) => p.clone(),
@@ -76,7 +76,7 @@ pub fn run(args: &Args, settings: Settings) -> Outcome {
         items.truncate(n as usize);
     }
     let env = assembly.environment();
-    let design = tune::design(&assembly, &dag, &env, args.models.as_deref())?;
+    let design = tune::design(&assembly, &dag, &env, args.models.as_deref(), scores)?;
     let text = std::fs::read_to_string(&path)
         .map_err(|e| AppError::invalid(format!("{}: {e}", path.display())))?;
     let journal_path = args.journal.clone().unwrap_or_else(|| {
@@ -99,14 +99,27 @@ pub fn run(args: &Args, settings: Settings) -> Outcome {
                 .filter(|(s, _)| s == step)
                 .map(|(_, m)| m.as_str())
                 .collect();
-            println!(
-                "{step}: reference {model}; measured against it: {}",
-                if others.is_empty() {
-                    "nothing (no other candidate)".to_string()
-                } else {
-                    others.join(", ")
-                }
-            );
+            let free: Vec<&str> = design
+                .free
+                .iter()
+                .filter(|(s, _)| s == step)
+                .map(|(_, m)| m.as_str())
+                .collect();
+            if free.is_empty() {
+                println!(
+                    "{step}: reference {model}; measured against it: {}",
+                    if others.is_empty() {
+                        "nothing (no other candidate)".to_string()
+                    } else {
+                        others.join(", ")
+                    }
+                );
+            } else {
+                println!(
+                    "{step}: reference {model}; no scored output reads it, so {} keep the scores (loss 0, not run)",
+                    free.join(", ")
+                );
+            }
         }
         let runs = items.len() * (1 + design.cells.len());
         println!(

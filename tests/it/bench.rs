@@ -32,7 +32,10 @@ examples:
   score: { answer: token_f1 }
 "#;
 
+// `quality: any`: the reply (a `write` step nothing measures) may run on the cheapest model,
+// which is what gives joule room to save here.
 const LABEL: &str = r#"name: tiny-label
+quality: any
 inputs:
   ticket: { type: string }
 budget:

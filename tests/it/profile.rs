@@ -73,10 +73,7 @@ fn profiling_smollm2_writes_measured_figures_the_planner_uses() {
     let wf = dir.path().join("triage.yaml");
     std::fs::write(
         &wf,
-        text.replace(
-            "budget:\n  latency: 90s\n  energy: 2kJ\n  cost: $0.01\n",
-            "",
-        ),
+        text.replace("budget:\n  latency: 3m\n  energy: 5kJ\n  cost: $0.01\n", ""),
     )
     .unwrap();
     assert!(!std::fs::read_to_string(&wf).unwrap().contains("budget:"));

@@ -635,3 +635,63 @@ outputs:
             .contains("\u{1b}]0;pwned\u{7}")
     );
 }
+
+/// On a CPU no measured profile describes, `joule run` measures the local models quickly
+/// before planning, says so, and writes the speeds where the next plan finds them; the next
+/// run measures nothing.
+#[test]
+fn a_first_run_on_an_unprofiled_cpu_measures_its_models_first() {
+    ensure_smol();
+    let (code, smol, err) = run_in(&repo(), &["models", "path", "smollm2-135m"]);
+    assert_eq!(code, 0, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    // A home holding only SmolLM2, so only it is measured whatever else this cache holds.
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("models")).unwrap();
+    std::os::unix::fs::symlink(smol.trim(), home.join("models/smollm2-135m.gguf")).unwrap();
+    let profiles = dir.path().join("profiles");
+    let wf = dir.path().join("twice.yaml");
+    std::fs::write(&wf, TWICE).unwrap();
+    let run = || {
+        let out = joule()
+            .args(["run", wf.to_str().unwrap(), "--no-store", "--json"])
+            .env("JOULE_HOME", &home)
+            .env("JOULE_PROFILES_DIR", &profiles)
+            .env("JOULE_FIRST_MEASURE", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert_eq!(json(&stdout)["status"], "succeeded");
+        stderr
+    };
+    let first = run();
+    assert!(
+        first.contains("no measured speeds for smollm2-135m on this CPU"),
+        "{first}"
+    );
+    assert!(first.contains("measured in "), "{first}");
+    let machine = std::fs::read_dir(&profiles)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().is_some_and(|n| n != "calibration.yaml"))
+        .expect("a machine profile was written");
+    let file = joule_planner::profile::Profiles::load(&machine).unwrap();
+    let h = file
+        .hardware
+        .iter()
+        .find(|h| h.model == "smollm2-135m" && h.device == "cpu")
+        .expect("smollm2 on the CPU was measured");
+    for f in [&h.prefill_tps, &h.decode_tps, &h.load_s] {
+        let f = f.as_ref().expect("prefill, decode and load are measured");
+        assert_eq!(f.source, joule_planner::figure::Source::Measured);
+        assert!(f.value > 0.0);
+        assert!(
+            f.note.as_ref().unwrap().contains("quick first-run"),
+            "{f:?}"
+        );
+    }
+    let second = run();
+    assert!(!second.contains("no measured speeds"), "{second}");
+}

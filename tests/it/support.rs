@@ -16,8 +16,10 @@ pub fn joule() -> Command {
     });
     let mut c = Command::new(env!("CARGO_BIN_EXE_joule"));
     c.env("JOULE_PROFILES_DIR", dir);
-    // The shipped profile of this machine kind would make plans depend on the machine.
+    // The shipped profile of this machine kind would make plans depend on the machine, and
+    // so would a first run's quick measurement of the models (tested on its own).
     c.env("JOULE_SHIPPED_PROFILES", "0");
+    c.env("JOULE_FIRST_MEASURE", "0");
     c
 }
 

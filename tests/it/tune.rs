@@ -21,8 +21,13 @@ steps:
     output: [billing, shipping]
   label:
     value: "{{ steps.classify.output }}"
+  thanks:
+    task: write
+    prompt: "Thank the customer for writing about {{ steps.classify.output }}."
+    max_tokens: 4
 outputs:
   category: "{{ steps.label.output }}"
+  thanks: "{{ steps.thanks.output }}"
 examples:
   file: tickets.jsonl
   score: { category: label }
@@ -125,19 +130,25 @@ fn tune_continues_after_an_interruption_and_the_planner_uses_its_figures() {
             .all(|e| e["answers"]["classify"].is_string())
     );
 
-    // The figures: the reference (the larger model) and the paired loss of the smaller one.
+    // The figures: the reference (the larger model) and the paired loss of the smaller one,
+    // for both steps; `thanks` is read by no scored output, so it ran only in the reference
+    // runs and its loss is zero by construction.
     let figures = json["figures"].as_array().unwrap();
-    assert_eq!(figures.len(), 2, "{figures:?}");
-    let small = figures
-        .iter()
-        .find(|f| f["model"] == "smollm2-135m")
-        .unwrap();
+    assert_eq!(figures.len(), 4, "{figures:?}");
+    let of = |step: &str, model: &str| {
+        figures
+            .iter()
+            .find(|f| f["step"] == step && f["model"] == model)
+            .unwrap_or_else(|| panic!("{step} on {model}: {figures:?}"))
+    };
+    let free = of("thanks", "smollm2-135m");
+    assert_eq!(free["loss"], 0.0);
+    assert_eq!(free["loss_se"], 0.0);
+    assert_eq!(free["n"], 3);
+    let small = of("classify", "smollm2-135m");
     assert_eq!(small["reference"], "qwen2.5-coder-0.5b");
     assert_eq!(small["n"], 3);
-    let reference = figures
-        .iter()
-        .find(|f| f["model"] == "qwen2.5-coder-0.5b")
-        .unwrap();
+    let reference = of("classify", "qwen2.5-coder-0.5b");
     let loss = small["loss"].as_f64().unwrap();
     let gap = reference["value"].as_f64().unwrap() - small["value"].as_f64().unwrap();
     assert!((loss - gap).abs() < 1e-3, "paired mean {loss} vs {gap}");

@@ -74,6 +74,46 @@ pub fn write(path: &Path, file: &ProfileFile, header: &str) -> Result<(), AppErr
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// Folds a scored run (a benchmark request, a run with expected outputs) into the step-level
+/// quality figures it observed ([`joule_planner::plan::Plan::observed_quality`]), in the calibration
+/// profile, which overrides the tuned figure it copies. Returns how many figures changed;
+/// steps never tuned have no figure to refine and are left alone.
+pub fn observe_quality(
+    settings: &Settings,
+    used: &Profiles,
+    workflow: &str,
+    plan: &joule_planner::plan::Plan,
+    score: f64,
+) -> Result<usize, AppError> {
+    let cells = plan.observed_quality();
+    let path = settings.calibration_path();
+    let mut file = load_or_new(&path, "calibration")?;
+    let mut changed = 0;
+    for (step, model) in cells {
+        let Some(current) = used.step_quality(workflow, &step, &model) else {
+            continue;
+        };
+        let i = match file
+            .step_quality
+            .iter()
+            .position(|q| q.workflow == workflow && q.step == step && q.model == model)
+        {
+            Some(i) => i,
+            None => {
+                file.step_quality.push(current.clone());
+                file.step_quality.len() - 1
+            }
+        };
+        file.step_quality[i].observe(score);
+        changed += 1;
+    }
+    if changed > 0 {
+        let header = "Kept up to date by `joule run` and `joule bench`: measured speeds of this machine's model calls, the token counts of workflow steps, and the scores of tuned steps, as bounded moving estimates.";
+        write(&path, &file, header)?;
+    }
+    Ok(changed)
+}
+
 /// Folds a run's measured speeds and token counts into the machine's calibration profile, so
 /// the next plan predicts better. Returns how many figures changed.
 pub fn calibrate(

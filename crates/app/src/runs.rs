@@ -129,8 +129,9 @@ pub fn prepare(
     let floors_set_aside = assembly.pin_model(&mut spec.dag)?;
     let env = assembly.environment();
     let request = assembly.planning.request(Strategy::Joule);
+    let sized = joule_planner::estimate::sized_by(&spec.dag, &spec.inputs);
     let problem = plan::problem(
-        &spec.dag,
+        &sized,
         &assembly.catalog,
         &assembly.profiles,
         &env,
@@ -140,7 +141,7 @@ pub fn prepare(
         Some(r) => (r.plan, Some((r.run_id, r.prior))),
         None => (
             plan::plan(
-                &spec.dag,
+                &sized,
                 &assembly.catalog,
                 &assembly.profiles,
                 &env,

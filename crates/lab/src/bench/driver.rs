@@ -287,6 +287,16 @@ pub async fn real(
                 else {
                     return Ok(false);
                 };
+                if row.status == RunStatus::Succeeded {
+                    // A scored request refines the tuned figures it observed.
+                    joule_app::profiles::observe_quality(
+                        &assembly.settings,
+                        &assembly.profiles,
+                        entry.name(),
+                        &p.plan,
+                        row.quality,
+                    )?;
+                }
                 done += 1;
                 watch.line(&format!(
                     "[{done:>4}/{total}] {:<24} {:<8} {:<6} {:<14} {:>6.1} s ({}) {:>7.1} J {}  quality {:.2}{}",

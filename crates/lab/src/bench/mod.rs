@@ -38,6 +38,8 @@ pub enum BenchError {
     Suite(String),
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+    #[error(transparent)]
+    Examples(#[from] crate::examples::ExamplesError),
 }
 
 pub(crate) fn io(path: &Path, e: impl std::fmt::Display) -> BenchError {
