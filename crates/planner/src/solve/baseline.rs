@@ -37,9 +37,34 @@ pub(super) fn baseline(p: &Problem, which: Strategy) -> Result<Solution, SolveEr
     })
 }
 
+/// Every llm step on its reference model (the best-quality one it may use, which the
+/// quality losses are measured against), on its fastest device. Steps with no reference
+/// (no quality basis at all) take the model with the best mean quality over the steps that
+/// can use it. Step-level scores alone do not pick the model: where a tune measured a
+/// smaller model as a tie, a hand-tuned application would still run the big one, and the
+/// baseline must not borrow joule's measurements.
+fn static_assignment(p: &Problem) -> Vec<usize> {
+    let by_model = static_by_model(p);
+    p.steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (0..s.configs.len())
+                .filter(|&c| {
+                    s.configs[c]
+                        .basis
+                        .as_ref()
+                        .is_some_and(|b| b.level == crate::quality::Level::Reference)
+                })
+                .min_by(|&a, &b| s.configs[a].latency_s.total_cmp(&s.configs[b].latency_s))
+                .unwrap_or(by_model[i])
+        })
+        .collect()
+}
+
 /// Every llm step on the model with the best mean quality over the steps that can use it,
 /// on its fastest device.
-fn static_assignment(p: &Problem) -> Vec<usize> {
+fn static_by_model(p: &Problem) -> Vec<usize> {
     let mut models: Vec<(&str, f64, usize)> = Vec::new();
     for step in &p.steps {
         for c in &step.configs {

@@ -152,6 +152,43 @@ fn without_a_tolerance_only_a_model_that_loses_nothing_replaces_the_reference() 
     assert_eq!(model_of(&plan_of(&tolerant, &lossy).unwrap()), MID);
 }
 
+/// The static baseline is what a hand-tuned application runs: every step on its reference,
+/// even where a tune found a smaller model that ties it (joule's measurement, not the
+/// baseline's).
+#[test]
+fn the_static_baseline_stays_on_the_reference_when_a_tune_found_a_tie() {
+    let tie = profiles(&step_figures(&[
+        (BIG, 0.9, 0.0, 0.0, 40),
+        (MID, 0.9, 0.0, 0.0, 40),
+    ]));
+    let dag = compile_source(
+        &SourceFile::new("q.yaml", workflow("", "classify")),
+        &CompileContext::default(),
+    )
+    .unwrap();
+    let plan_with = |strategy| {
+        plan::plan(
+            &dag,
+            &Catalog::builtin(),
+            &tie,
+            &Environment::default(),
+            &Request {
+                strategy,
+                ..Request::default()
+            },
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        model_of(&plan_with(joule_planner::solve::Strategy::Static)),
+        BIG
+    );
+    assert_eq!(
+        model_of(&plan_with(joule_planner::solve::Strategy::Joule)),
+        MID
+    );
+}
+
 #[test]
 fn the_confidence_bound_keeps_a_noisy_small_sample_winner_out() {
     // Five examples where the small model happened to beat the reference (mean loss -0.05),
