@@ -3,7 +3,7 @@
 //! outputs against them. `joule tune` measures step-level quality on them and `joule bench`
 //! scores its requests with them, so a workflow is judged one way everywhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -359,6 +359,40 @@ fn rating(reply: &str) -> Option<f64> {
         .ok()
         .filter(|&r| r <= 10)
         .map(|r| f64::from(r) / 10.0)
+}
+
+/// Indices of the steps the named outputs read, directly or through the steps they read: the
+/// only steps whose answers can change those outputs' scores. A template joule cannot see
+/// into (a syntax it cannot parse, `steps` read whole) counts every step.
+pub fn steps_read_by(dag: &Dag, outputs: &[&str]) -> BTreeSet<usize> {
+    use joule_planner::template::{self, Reference};
+    let wf = &dag.workflow;
+    let every = || (0..wf.steps.len()).collect();
+    let mut stack = Vec::new();
+    for name in outputs {
+        let Some(output) = wf.outputs.iter().find(|o| o.name == *name) else {
+            return every();
+        };
+        let Ok(vars) = template::template_variables(&output.template.source) else {
+            return every();
+        };
+        for var in &vars {
+            match template::classify(var) {
+                Reference::Step(id, _) => stack.extend(wf.steps.iter().position(|s| s.id == id)),
+                Reference::Whole(_) | Reference::Unknown(_) => return every(),
+                _ => {}
+            }
+        }
+    }
+    let mut seen: BTreeSet<usize> = stack.iter().copied().collect();
+    while let Some(i) = stack.pop() {
+        for d in dag.dependencies(i) {
+            if seen.insert(d) {
+                stack.push(d);
+            }
+        }
+    }
+    seen
 }
 
 #[cfg(test)]

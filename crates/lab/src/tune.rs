@@ -480,39 +480,13 @@ pub async fn run(
     Ok(reduce(design, journal, eval_name, ran, true))
 }
 
-/// Steps some scored output reads, directly or through the steps it reads: the only ones
-/// whose model can change a score. A template joule cannot see into counts every step.
+/// Steps some scored output reads: the only ones whose model can change a score.
 fn scored_steps(dag: &Dag, scores: &[OutputScore]) -> BTreeSet<String> {
-    use joule_planner::template::{self, Reference};
-    let wf = &dag.workflow;
-    let every = || wf.steps.iter().map(|s| s.id.clone()).collect();
-    let mut stack = Vec::new();
-    for score in scores {
-        let Some(output) = wf.outputs.iter().find(|o| o.name == score.output) else {
-            return every();
-        };
-        let Ok(vars) = template::template_variables(&output.template.source) else {
-            return every();
-        };
-        for var in &vars {
-            match template::classify(var) {
-                Reference::Step(name, _) => {
-                    stack.extend(wf.steps.iter().position(|s| s.id == name));
-                }
-                Reference::Whole(_) | Reference::Unknown(_) => return every(),
-                _ => {}
-            }
-        }
-    }
-    let mut seen: BTreeSet<usize> = stack.iter().copied().collect();
-    while let Some(i) = stack.pop() {
-        for e in dag.edges().filter(|e| e.to == i) {
-            if seen.insert(e.from) {
-                stack.push(e.from);
-            }
-        }
-    }
-    seen.into_iter().map(|i| wf.steps[i].id.clone()).collect()
+    let outputs: Vec<&str> = scores.iter().map(|s| s.output.as_str()).collect();
+    examples::steps_read_by(dag, &outputs)
+        .into_iter()
+        .map(|i| dag.workflow.steps[i].id.clone())
+        .collect()
 }
 
 /// Mean and standard error of the mean.

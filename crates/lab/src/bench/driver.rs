@@ -193,10 +193,13 @@ pub fn simulate(
     Ok(())
 }
 
-/// Runs every request for real, interleaving the policies request by request. Every model a
-/// plan uses is loaded once before the first request (the load is reported in `notes`,
-/// charged to no request). Each request is a stored run in `out/runs.db`. Returns false when
-/// `cancel` stopped it.
+/// Runs every request for real, interleaving the policies request by request. Each policy
+/// has its own model instances, so its own KV prefix cache: sharing one, the second policy's
+/// run of a request found the first one's prompts cached and looked up to 3x faster on an
+/// identical plan (document Q&A: 1.3 s against 4.5 s). Every model a policy's plans use is
+/// loaded once before the first request (the load is reported in `notes`, charged to no
+/// request). Each request is a stored run in `out/runs.db`. Returns false when `cancel`
+/// stopped it.
 #[allow(clippy::too_many_arguments)]
 pub async fn real(
     assembly: &Assembly,
@@ -209,44 +212,49 @@ pub async fn real(
     watch: &mut dyn Watch,
     cancel: &Cancel,
 ) -> Result<bool, DriverError> {
-    let locals = assembly.local_backends()?;
-    let mut used: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let workspace = std::fs::canonicalize(&suite.dir).unwrap_or_else(|_| suite.dir.clone());
+    let mut engines: Vec<(Strategy, Arc<dyn Backend>, Executor)> = Vec::new();
     for p in planned {
-        for s in &p.plan.steps {
-            if let Some(m) = &s.model {
-                used.insert((m, &s.device));
+        if engines.iter().any(|(s, _, _)| *s == p.policy) {
+            continue;
+        }
+        let policy = p.policy;
+        let locals = assembly.local_backends()?;
+        let mut used: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for p in planned.iter().filter(|p| p.policy == policy) {
+            for s in &p.plan.steps {
+                if let Some(m) = &s.model {
+                    used.insert((m, &s.device));
+                }
             }
         }
-    }
-    for (model, device) in &used {
-        if let Some(local) = locals.iter().find(|l| l.device_id() == *device) {
-            let (local, id) = (local.clone(), model.to_string());
-            let seconds = tokio::task::spawn_blocking(move || local.model(&id).map(|(_, s)| s))
-                .await
-                .map_err(|e| AppError::failed(format!("loading {model}: {e}")))?
-                .map_err(|e| AppError::failed(format!("loading {model} on {device}: {e}")))?;
-            let line = format!(
-                "{model} loaded on {device} in {seconds:.1} s before the first request (charged to no request)"
-            );
-            watch.line(&line);
-            notes.push(line);
+        for (model, device) in &used {
+            if let Some(local) = locals.iter().find(|l| l.device_id() == *device) {
+                let (local, id) = (local.clone(), model.to_string());
+                let seconds = tokio::task::spawn_blocking(move || local.model(&id).map(|(_, s)| s))
+                    .await
+                    .map_err(|e| AppError::failed(format!("loading {model}: {e}")))?
+                    .map_err(|e| AppError::failed(format!("loading {model} on {device}: {e}")))?;
+                let line = format!(
+                    "{model} loaded on {device} for {policy} in {seconds:.1} s before the first request (charged to no request)"
+                );
+                watch.line(&line);
+                notes.push(line);
+            }
         }
-    }
-    let workspace = std::fs::canonicalize(&suite.dir).unwrap_or_else(|_| suite.dir.clone());
-    let devices: BTreeSet<&str> = used.iter().map(|(_, d)| *d).collect();
-    let router: Arc<dyn Backend> = Arc::new(assembly.router(&locals, &workspace, &devices)?);
-    let executor = |replan: bool| {
-        Executor::new(
+        let devices: BTreeSet<&str> = used.iter().map(|(_, d)| *d).collect();
+        let router: Arc<dyn Backend> = Arc::new(assembly.router(&locals, &workspace, &devices)?);
+        let executor = Executor::new(
             router.clone(),
             assembly.catalog.clone(),
             assembly.profiles.clone(),
             Options {
-                replan,
+                replan: policy == Strategy::Joule,
                 ..Options::default()
             },
-        )
-    };
-    let (planner_exec, baseline_exec) = (executor(true), executor(false));
+        );
+        engines.push((policy, router, executor));
+    }
     let mut store = Store::open(&out.join("runs.db"))?;
     let options = serde_json::to_value(RunOptions {
         planning: assembly.planning.clone(),
@@ -275,13 +283,12 @@ pub async fn real(
                     total,
                     &format!("{} {} {}", entry.name(), p.tier, p.policy),
                 );
-                let exec = if p.policy == Strategy::Joule {
-                    &planner_exec
-                } else {
-                    &baseline_exec
+                let Some((_, router, exec)) = engines.iter().find(|(s, _, _)| *s == p.policy)
+                else {
+                    continue;
                 };
                 let Some(row) = one(
-                    exec, &mut store, &options, entry, p, r, request, &*router, cancel,
+                    exec, &mut store, &options, entry, p, r, request, &**router, cancel,
                 )
                 .await?
                 else {

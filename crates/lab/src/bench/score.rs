@@ -5,7 +5,6 @@ use joule_planner::Dag;
 use joule_planner::plan::Plan;
 use joule_planner::quality::Level;
 use joule_planner::spec::StepKind;
-use joule_planner::template::{self, Reference};
 
 /// The quality a plan predicts for the scored outputs. Where every llm step they depend on
 /// was tuned on the workflow's examples, it is the reference score less the steps' mean
@@ -14,23 +13,9 @@ use joule_planner::template::{self, Reference};
 /// shaped it).
 pub fn predicted_quality(dag: &Dag, plan: &Plan, outputs: &[&str]) -> Option<f64> {
     let wf = &dag.workflow;
-    let mut stack: Vec<usize> = wf
-        .outputs
-        .iter()
-        .filter(|o| outputs.contains(&o.name.as_str()))
-        .flat_map(|o| template::template_variables(&o.template.source).unwrap_or_default())
-        .filter_map(|v| match template::classify(&v) {
-            Reference::Step(id, _) => wf.steps.iter().position(|s| s.id == id),
-            _ => None,
-        })
-        .collect();
-    let mut seen = vec![false; wf.steps.len()];
     let mut weakest: Option<f64> = None;
     let (mut tuned, mut all_tuned, mut loss) = (None, true, 0.0);
-    while let Some(i) = stack.pop() {
-        if std::mem::replace(&mut seen[i], true) {
-            continue;
-        }
+    for i in crate::examples::steps_read_by(dag, outputs) {
         if matches!(wf.steps[i].kind, StepKind::Llm(_))
             && let Some(step) = plan.steps.get(i)
         {
@@ -45,7 +30,6 @@ pub fn predicted_quality(dag: &Dag, plan: &Plan, outputs: &[&str]) -> Option<f64
                 _ => all_tuned = false,
             }
         }
-        stack.extend(dag.dependencies(i));
     }
     match tuned {
         Some(r) if all_tuned => Some((r - loss).clamp(0.0, 1.0)),
