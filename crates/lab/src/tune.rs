@@ -535,23 +535,15 @@ pub fn reduce(
             eval: Some(eval_name.to_string()),
         };
     let mut figures = Vec::new();
+    // Each step's reference, and every model of a step no scored output reads (it cannot
+    // change a score: loss zero, as many pairs as the reference has).
     if !reference.is_empty() {
         let scores: Vec<f64> = reference.values().copied().collect();
-        for (step, model) in &design.references {
-            figures.push(figure(
-                step,
-                model,
-                mean_se(&scores),
-                (0.0, 0.0),
-                scores.len(),
-            ));
-        }
-    }
-    // A step no scored output reads cannot change a score: loss zero, as many pairs as the
-    // reference has.
-    if !reference.is_empty() {
-        let scores: Vec<f64> = reference.values().copied().collect();
-        for (step, model) in &design.free {
+        for (step, model) in design
+            .references
+            .iter()
+            .chain(design.free.iter().map(|(s, m)| (s, m)))
+        {
             figures.push(figure(
                 step,
                 model,
