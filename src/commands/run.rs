@@ -23,6 +23,11 @@ pub struct Args {
     /// A JSON object of inputs; `--input` overrides its entries.
     #[arg(long = "inputs", value_name = "FILE.json")]
     inputs: Option<PathBuf>,
+    /// The right values of the workflow's scored outputs (its `examples: score:`), as JSON:
+    /// an object keyed by output, or the bare value when one output is scored. The run's
+    /// answers are scored and the tuned figures its plan used learn from the score.
+    #[arg(long, value_name = "JSON")]
+    expected: Option<String>,
     #[command(flatten)]
     planning: PlanningArgs,
     #[command(flatten)]
@@ -93,14 +98,30 @@ pub fn run(args: &Args, settings: Settings) -> Outcome {
             )?;
         }
         let spec = runs::load(&assembly, &args.file, args.inputs.as_deref(), &args.input)?;
+        let expected = match &args.expected {
+            None => None,
+            Some(text) => {
+                let raw = serde_json::from_str(text).map_err(|e| {
+                    AppError::invalid(format!(
+                        "--expected: not JSON ({e}); quote a string as '\"billing\"'"
+                    ))
+                })?;
+                Some(joule_lab::feedback::expected(
+                    &spec.dag,
+                    &args.file,
+                    &spec.inputs,
+                    raw,
+                )?)
+            }
+        };
         let ready = runs::prepare(&assembly, spec, None)?;
-        Ok::<_, AppError>((assembly, ready))
+        Ok::<_, AppError>((assembly, ready, expected))
     })();
-    let (assembly, ready) = match started {
+    let (assembly, ready, expected) = match started {
         Ok(r) => r,
         Err(e) => return Ok(fail_as(e, json)),
     };
-    execute(&assembly, ready, &args.output)
+    execute(&assembly, ready, &args.output, expected.as_ref())
 }
 
 pub fn resume(args: &ResumeArgs, settings: Settings) -> Outcome {
@@ -131,13 +152,18 @@ pub fn resume(args: &ResumeArgs, settings: Settings) -> Outcome {
                 store: Some(path),
                 ..args.output.clone()
             };
-            execute(&assembly, *ready, &output)
+            execute(&assembly, *ready, &output, None)
         }
     }
 }
 
 /// Runs, then reports: the plan first (a new run), live progress, the report, the outputs.
-fn execute(assembly: &Assembly, ready: runs::Ready, out: &Output) -> Outcome {
+fn execute(
+    assembly: &Assembly,
+    ready: runs::Ready,
+    out: &Output,
+    expected: Option<&joule_lab::feedback::Expected>,
+) -> Outcome {
     if ready.floors_set_aside > 0 {
         eprintln!(
             "note: --model: every llm step runs on it; {} quality floor(s) are not enforced",
@@ -154,10 +180,35 @@ fn execute(assembly: &Assembly, ready: runs::Ready, out: &Output) -> Outcome {
         calibrate: !out.no_calibrate,
     };
     let mut display = Display::new(!out.json);
+    let (plan, workspace) = (ready.plan.clone(), ready.workspace().to_path_buf());
     let finished = runtime()?.block_on(async {
         let cancel =
             cancel_on_ctrl_c("interrupted: stopping running steps and recording what finished");
-        runs::execute(assembly, ready, &keep, &mut display, &cancel).await
+        let finished = runs::execute(assembly, ready, &keep, &mut display, &cancel).await?;
+        if let Some(expected) = expected
+            && finished.outcome.status == RunStatus::Succeeded
+        {
+            let s = joule_lab::feedback::observe(
+                assembly,
+                &workspace,
+                &plan,
+                &finished.outcome.outputs,
+                expected,
+                &cancel,
+            )
+            .await?;
+            eprintln!(
+                "scored {:.2} against --expected{}; {} tuned figure(s) learned from it",
+                s.score,
+                if s.details.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", escape_controls(&s.details.join("; ")))
+                },
+                s.figures
+            );
+        }
+        Ok::<_, AppError>(finished)
     })?;
     display.finish();
     report(&finished, out)

@@ -172,6 +172,47 @@ fn tune_continues_after_an_interruption_and_the_planner_uses_its_figures() {
         basis["level"] == "step" || basis["level"] == "reference",
         "{basis}"
     );
+
+    // A run given the right answer is scored and the figure its plan used learns from it.
+    // Without `thanks` exactly one figure is observed whichever model `classify` gets: its
+    // reference's when it stays there, the changed one's otherwise.
+    let start = WORKFLOW.find("  thanks:").unwrap();
+    let end = WORKFLOW.find("outputs:").unwrap();
+    let lean = format!("{}{}", &WORKFLOW[..start], &WORKFLOW[end..])
+        .replace("  thanks: \"{{ steps.thanks.output }}\"\n", "");
+    std::fs::write(dir.path().join("lean.yaml"), lean).unwrap();
+    let machine = dir.path().join("machine");
+    let run = |expected: &str| {
+        joule()
+            .current_dir(dir.path())
+            .env("JOULE_PROFILES_DIR", &machine)
+            .args(["run", "lean.yaml", "--no-store", "--json", "--profiles"])
+            .arg(&profile)
+            .args(["--input", "ticket=I was charged twice this month."])
+            .args(["--expected", expected])
+            .output()
+            .unwrap()
+    };
+    let bad = run(r#"{"reply": "billing"}"#);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--expected") && err.contains("category"),
+        "{err}"
+    );
+    let out = run(r#""billing""#);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 tuned figure(s) learned from it"), "{err}");
+    let calibration =
+        joule_planner::profile::Profiles::load(&machine.join("calibration.yaml")).unwrap();
+    let learned: Vec<_> = calibration
+        .step_quality
+        .iter()
+        .filter(|q| q.workflow == "tune-tiny" && q.step == "classify")
+        .collect();
+    assert_eq!(learned.len(), 1, "{learned:?}");
+    assert_eq!(learned[0].n, 4, "three tuned examples and this run");
 }
 
 #[test]

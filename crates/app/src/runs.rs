@@ -118,6 +118,11 @@ impl Ready {
     pub fn is_resume(&self) -> bool {
         self.resume.is_some()
     }
+
+    /// Where the run's tools work (and a scorer's tests run).
+    pub fn workspace(&self) -> &std::path::Path {
+        &self.spec.options.workspace
+    }
 }
 
 /// Plans the run (a resumed run keeps its plan) and assembles its backends.

@@ -109,13 +109,7 @@ pub fn read(path: &Path, dag: &Dag, scores: &[OutputScore]) -> Result<Vec<Exampl
         let inputs = joule_executor::runtime::inputs::resolve(&dag.workflow, given)
             .map_err(|errors| at(n, format!("{id}: {}", errors.join("; "))))?;
         let raw = obj.remove("expected").unwrap_or(Value::Null);
-        let expected = expected_by_output(raw, scores).map_err(|m| at(n, format!("{id}: {m}")))?;
-        for s in scores {
-            if let Some(v) = expected.get(&s.output) {
-                check_expected(&s.metric, v)
-                    .map_err(|m| at(n, format!("{id}: output `{}`: {m}", s.output)))?;
-            }
-        }
+        let expected = expected(raw, scores).map_err(|e| at(n, format!("{id}: {e}")))?;
         if let Some(k) = obj.keys().next() {
             return Err(at(
                 n,
@@ -135,6 +129,22 @@ pub fn read(path: &Path, dag: &Dag, scores: &[OutputScore]) -> Result<Vec<Exampl
         )));
     }
     Ok(examples)
+}
+
+/// The expected values of a run's scored outputs, checked as an example's are: an object
+/// keyed by scored outputs, or the bare value when one output is scored.
+pub fn expected(
+    raw: Value,
+    scores: &[OutputScore],
+) -> Result<BTreeMap<String, Value>, ExamplesError> {
+    let expected = expected_by_output(raw, scores).map_err(ExamplesError::Invalid)?;
+    for s in scores {
+        if let Some(v) = expected.get(&s.output) {
+            check_expected(&s.metric, v)
+                .map_err(|m| ExamplesError::Invalid(format!("output `{}`: {m}", s.output)))?;
+        }
+    }
+    Ok(expected)
 }
 
 fn expected_by_output(
