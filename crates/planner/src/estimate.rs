@@ -473,25 +473,22 @@ fn judge_quality(
     configs.retain_mut(|c| {
         let model = c.model.clone().unwrap_or_default();
         let j = crate::quality::judge(profiles, &wf.name, &step.id, task, &model, &reference);
-        if j.loss.is_none() && !wf.quality.allows_unmeasured() {
-            let reason = format!(
-                "{model} on {}: no measured quality for this step, so it runs on its reference {reference} (`joule tune` measures it; `quality: any` lets it run unmeasured)",
-                c.device
-            );
-            if !excluded.contains(&reason) {
-                excluded.push(reason);
+        // Unmeasured, a config may leave the reference only under `quality: any`; measured
+        // with no tolerance stated, only where it loses nothing even at the upper end of its
+        // confidence interval.
+        let why = match j.loss {
+            None if !wf.quality.allows_unmeasured() => Some(format!(
+                "no measured quality for this step, so it runs on its reference {reference} (`joule tune` measures it; `quality: any` lets it run unmeasured)"
+            )),
+            Some(bound) if bound > 1e-9 && wf.quality == crate::spec::QualityRule::Reference => {
+                Some(format!(
+                    "its loss against the reference {reference} may be up to {bound:.3}, and the workflow states no tolerance (`quality: {{ within: x }}` accepts one)"
+                ))
             }
-            return false;
-        }
-        // With no tolerance stated, a measured config replaces the reference only where it
-        // loses nothing even at the upper end of its confidence interval.
-        if wf.quality == crate::spec::QualityRule::Reference
-            && let Some(bound) = j.loss.filter(|b| *b > 1e-9)
-        {
-            let reason = format!(
-                "{model} on {}: its loss against the reference {reference} may be up to {bound:.3}, and the workflow states no tolerance (`quality: {{ within: x }}` accepts one)",
-                c.device
-            );
+            _ => None,
+        };
+        if let Some(why) = why {
+            let reason = format!("{model} on {}: {why}", c.device);
             if !excluded.contains(&reason) {
                 excluded.push(reason);
             }
