@@ -49,16 +49,18 @@ for component in rustfmt clippy; do
   fi
 done
 
-# The serve tests talk to `joule serve` with OpenAI's own Python client, from PyPI, in a virtual
-# environment of the checkout (.venv, ignored by git).
+# The serve tests talk to `joule serve` with OpenAI's own Python client, LangChain and
+# LangGraph, from PyPI, in a virtual environment of the checkout (.venv, ignored by git).
 if [[ "${1:-}" == "--test" ]]; then
   if ! command -v python3 >/dev/null 2>&1; then
     echo "error: python3 is needed for the OpenAI client tests; install python3 and python3-venv" >&2
     exit 1
   fi
-  if ! .venv/bin/python -c 'import openai' >/dev/null 2>&1; then
-    echo "installing the openai Python client into .venv"
-    python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check 'openai>=1.40,<3'
+  # LangChain's ChatOpenAI and LangGraph's ReAct agent are what most agent code runs on:
+  # the function-calling tests drive joule serve with them as they are.
+  if ! .venv/bin/python -c 'import openai, langchain_openai, langgraph.prebuilt' >/dev/null 2>&1; then
+    echo "installing the openai Python client, langchain-openai and langgraph into .venv"
+    [[ -x .venv/bin/pip ]] || python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check 'openai>=1.40,<3' 'langchain-openai>=0.3,<2' 'langgraph>=0.3,<2'
   fi
 fi

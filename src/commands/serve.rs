@@ -26,6 +26,10 @@ pub struct Args {
     /// A catalog file instead of the built-in one.
     #[arg(long)]
     catalog: Option<PathBuf>,
+    /// A browser origin allowed to call the server (CORS), e.g. `http://localhost:3000`;
+    /// repeat it for more, or give `*` for any. API keys come from `JOULE_API_KEYS`.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
 }
 
 pub fn run(args: &Args, settings: &Settings) -> Outcome {
@@ -41,6 +45,11 @@ pub fn run(args: &Args, settings: &Settings) -> Outcome {
         settings.load_options(),
     )
     .map_err(|e| AppError::failed(e.to_string()))?;
+    let access = joule_serve::Access {
+        api_keys: settings.serve_api_keys(),
+        cors_origins: args.cors_origins.clone(),
+    };
+    let router = joule_serve::router(backend.clone(), &access).map_err(AppError::invalid)?;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
@@ -50,11 +59,16 @@ pub fn run(args: &Args, settings: &Settings) -> Outcome {
             .map_err(|e| AppError::failed(e.to_string()))?;
         // Tests and scripts read this line to learn the port.
         println!(
-            "joule serve: listening on http://{local}/v1 (device {})",
-            backend.device_id()
+            "joule serve: listening on http://{local}/v1 (device {}{})",
+            backend.device_id(),
+            if access.api_keys.is_empty() {
+                ""
+            } else {
+                ", API key required"
+            }
         );
         let stop = cancel_on_ctrl_c("joule serve: stopping");
-        axum::serve(listener, joule_serve::router(backend))
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .map_err(|e| AppError::failed(e.to_string()))?;

@@ -14,5 +14,6 @@ mod plan;
 mod profile;
 mod run;
 mod serve;
+mod serve_tools;
 mod support;
 mod tune;

@@ -3,20 +3,8 @@
 
 use std::process::Command;
 
-use crate::support::{repo, server};
+use crate::support::{python, repo, server};
 use serde_json::{Value, json};
-
-fn python() -> String {
-    if let Ok(p) = std::env::var("JOULE_TEST_PYTHON") {
-        return p;
-    }
-    let venv = repo().join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "the OpenAI client tests need Python with the `openai` package: run `scripts/ensure-deps.sh --test` (make test does) or set JOULE_TEST_PYTHON"
-    );
-    venv.display().to_string()
-}
 
 #[test]
 fn the_official_openai_client_chats_and_streams() {
@@ -286,4 +274,154 @@ fn the_http_backend_gets_the_same_answer_as_local_inference() {
             assert_eq!(remote.server.unwrap().device, "cpu");
         }
     }
+}
+
+#[test]
+fn api_keys_cors_one_model_and_text_completions() {
+    crate::support::ensure_smol();
+    let mut command = crate::support::joule();
+    command.env("JOULE_API_KEYS", "k-one, k-two");
+    let server = crate::support::server_with(command, &["--cors-origin", "http://app.test"]);
+    let client = http();
+    let models = format!("{}/v1/models", server.base);
+
+    // No key, a wrong key: 401 with OpenAI's codes. The second configured key works.
+    let r = client.get(&models).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "missing_api_key"
+    );
+    let r = client.get(&models).bearer_auth("k-three").send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "invalid_api_key"
+    );
+    let listed: Value = client
+        .get(&models)
+        .bearer_auth("k-two")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"smollm2-135m"), "{listed}");
+    // Health needs no key (load balancers probe it).
+    assert_eq!(
+        client
+            .get(format!("{}/health", server.base))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+
+    // One model: present, not downloaded, not in the catalog.
+    let one = |id: &str| {
+        let r = client
+            .get(format!("{models}/{id}"))
+            .bearer_auth("k-one")
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let (status, m) = one("smollm2-135m");
+    assert_eq!(
+        (status, m["id"].as_str()),
+        (200, Some("smollm2-135m")),
+        "{m}"
+    );
+    let (status, m) = one("no-such-model");
+    assert_eq!(
+        (status, m["error"]["code"].as_str()),
+        (404, Some("model_not_found")),
+        "{m}"
+    );
+    let (status, m) = one("gpt-4o-mini");
+    assert_eq!(status, 404, "{m}");
+    assert!(
+        m["error"]["message"].as_str().unwrap().contains("remote"),
+        "{m}"
+    );
+
+    // A CORS preflight from the allowed origin is answered; another origin gets no grant.
+    let preflight = |origin: &str| {
+        client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/v1/chat/completions", server.base),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+            .unwrap()
+    };
+    let r = preflight("http://app.test");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.test"
+    );
+    assert!(
+        preflight("http://evil.test")
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    // The legacy text completion: raw prompt, OpenAI's shape, greedy and repeatable.
+    let complete = |body: Value| {
+        let r = client
+            .post(format!("{}/v1/completions", server.base))
+            .bearer_auth("k-one")
+            .json(&body)
+            .send()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let body =
+        json!({"model": "smollm2-135m", "prompt": "The capital of France is", "max_tokens": 8});
+    let (status, first) = complete(body.clone());
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["object"], "text_completion");
+    let text = first["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        !text.is_empty() && first["usage"]["completion_tokens"].as_u64().unwrap() <= 8,
+        "{first}"
+    );
+    assert_eq!(complete(body).1["choices"][0]["text"], text);
+    let (status, refused) = complete(json!({"model": "smollm2-135m", "prompt": "x", "echo": true}));
+    assert_eq!(
+        (status, refused["error"]["param"].as_str()),
+        (400, Some("echo")),
+        "{refused}"
+    );
+
+    // Embeddings: a clear 404 that says why.
+    let r = client
+        .post(format!("{}/v1/embeddings", server.base))
+        .bearer_auth("k-one")
+        .json(&json!({"model": "smollm2-135m", "input": "x"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(
+        r.json::<Value>().unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("embedding")
+    );
 }

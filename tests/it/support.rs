@@ -57,14 +57,36 @@ pub fn examples() -> Vec<PathBuf> {
     v
 }
 
-/// Makes sure SmolLM2, the one model the default tests use, is in the model cache, fetching it
+/// Makes sure SmolLM2, the model most default tests use, is in the model cache, fetching it
 /// through the real `joule models fetch` once per test binary.
 pub fn ensure_smol() {
-    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        let (code, out, err) = run_in(&repo(), &["models", "fetch", "smollm2-135m"]);
-        assert_eq!(code, 0, "fetching smollm2-135m failed:\n{out}\n{err}");
-    });
+    ensure_model("smollm2-135m");
+}
+
+/// Makes sure a catalog model is in the model cache (fetched once per test binary per model).
+pub fn ensure_model(id: &str) {
+    static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if done.iter().any(|d| d == id) {
+        return;
+    }
+    let (code, out, err) = run_in(&repo(), &["models", "fetch", id]);
+    assert_eq!(code, 0, "fetching {id} failed:\n{out}\n{err}");
+    done.push(id.to_string());
+}
+
+/// The Python with the client packages the serve tests drive (`.venv`, made by
+/// `scripts/ensure-deps.sh --test`), or `JOULE_TEST_PYTHON`.
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("JOULE_TEST_PYTHON") {
+        return p;
+    }
+    let venv = repo().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the client tests need Python with `openai`, `langchain-openai` and `langgraph`: run `scripts/ensure-deps.sh --test` (make test does) or set JOULE_TEST_PYTHON"
+    );
+    venv.display().to_string()
 }
 
 pub struct Server {
@@ -83,8 +105,15 @@ impl Drop for Server {
 /// Starts the server on a free port and waits for the line that says where it listens.
 pub fn server() -> Server {
     ensure_smol();
-    let mut child = joule()
+    server_with(joule(), &[])
+}
+
+/// Starts `command` (a `joule` command, with its environment) as `joule serve` with extra
+/// arguments, for models already fetched.
+pub fn server_with(mut command: Command, args: &[&str]) -> Server {
+    let mut child = command
         .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -14,6 +14,7 @@
 //! | `JOULE_ENGINE` | `fast` (joule's CPU path) or `reference` (candle's models) | `fast` |
 //! | `JOULE_WEIGHTS` | `copy` (weights in huge pages) or `mapped` (the file mapped) | `copy` |
 //! | `JOULE_BATCH` | requests a CPU model steps together (1 to 64) | 8 |
+//! | `JOULE_API_KEYS` | keys `joule serve` accepts (`Authorization: Bearer KEY`), comma-separated | none: open |
 //!
 //! API keys are read from the variable each catalog endpoint names (`api_key_env`), through
 //! [`Settings::var`], and never written anywhere.
@@ -191,6 +192,20 @@ impl Settings {
     /// How local models are loaded.
     pub fn load_options(&self) -> LoadOptions {
         self.load
+    }
+
+    /// The keys `joule serve` accepts; empty when it is open. Kept out of the command line,
+    /// where `ps` would show them.
+    pub fn serve_api_keys(&self) -> Vec<String> {
+        self.var("JOULE_API_KEYS")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A variable by name: how an endpoint's API key (named by the catalog) is found.

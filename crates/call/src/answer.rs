@@ -25,6 +25,9 @@ pub struct Answer {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// The functions a model asked to call instead of (or besides) answering.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::ToolUse>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

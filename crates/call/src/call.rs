@@ -15,6 +15,60 @@ pub struct LlmCall {
     pub max_tokens: u32,
     pub temperature: f64,
     pub seed: u64,
+    /// The conversation after the prompt: an agent's earlier answers and its tools' results.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<Turn>,
+    /// Functions the model may call instead of answering (an agent step's tools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Function>,
+    /// What the answer must be, enforced while it is generated where the engine can (local
+    /// constrained decoding, an endpoint's `response_format`) and checked after it anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Constraint>,
+}
+
+/// A form an answer must take.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Constraint {
+    /// Exactly one of these strings.
+    OneOf(Vec<String>),
+    /// JSON valid against this schema.
+    JsonSchema(serde_json::Value),
+}
+
+/// A function offered to a model: the catalog tool's name, what it is for, and its arguments
+/// as a JSON Schema, which is what every chat template and endpoint expects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Function {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub parameters: serde_json::Value,
+}
+
+/// A function call a model asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolUse {
+    /// Unique within its conversation; the result names it.
+    pub id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+/// One message of an agent's conversation after its prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum Turn {
+    /// What the model said, and the calls it asked for.
+    Assistant {
+        #[serde(default)]
+        content: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolUse>,
+    },
+    /// A call's result (or why it did not run), as the model reads it.
+    Tool { id: String, content: String },
 }
 
 /// One tool call: the catalog tool and its rendered arguments.

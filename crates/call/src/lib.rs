@@ -13,5 +13,7 @@ mod cancel;
 
 pub use answer::{Answer, CallError, Layer};
 pub use backend::{Backend, Cache, CallFuture, OnTokens, backoff};
-pub use call::{Call, ConfigRef, HOST, LlmCall, Site, ToolCall};
+pub use call::{
+    Call, ConfigRef, Constraint, Function, HOST, LlmCall, Site, ToolCall, ToolUse, Turn,
+};
 pub use cancel::Cancel;

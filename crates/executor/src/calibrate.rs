@@ -123,6 +123,7 @@ fn learn_lengths(file: &mut ProfileFile, workflow: &str, observations: &[Observa
                     tokens_in: 0.0,
                     tokens_out: 0.0,
                     n: 0,
+                    turns: None,
                 });
                 file.steps.len() - 1
             }
@@ -131,6 +132,12 @@ fn learn_lengths(file: &mut ProfileFile, workflow: &str, observations: &[Observa
         let weight = (1.0 / f64::from(t.n + 1)).max(CALIBRATION_WEIGHT);
         t.tokens_in = round(t.tokens_in + weight * (o.tokens_in as f64 - t.tokens_in));
         t.tokens_out = round(t.tokens_out + weight * (o.tokens_out as f64 - t.tokens_out));
+        if let Some(turns) = o.turns {
+            let turns = f64::from(turns);
+            // Runs of the loop are fewer than calls: weigh them as the first calls are.
+            let prior = t.turns.unwrap_or(turns);
+            t.turns = Some(round(prior + weight.max(0.5) * (turns - prior)));
+        }
         t.n += 1;
     }
     observations.len()
@@ -156,6 +163,7 @@ mod tests {
             ttft_s: Some(2.0),
             latency_s: 4.0,
             load_s: 0.0,
+            turns: None,
         };
         let mut file = ProfileFile {
             name: "calibration".into(),
@@ -218,6 +226,7 @@ mod tests {
             ttft_s: None,
             latency_s: 1.0,
             load_s: 0.0,
+            turns: None,
         };
         calibrate(&Profiles::default(), &mut file, "w", &[call(40), call(60)]);
         let t = &file.steps[0];
@@ -235,5 +244,28 @@ mod tests {
         assert_eq!(p.step_tokens("w", "draft", "m").unwrap().tokens_out, 50.0);
         assert_eq!(p.step_tokens("w", "draft", "another-model").unwrap().n, 2);
         assert!(p.step_tokens("w", "classify", "m").is_none());
+        assert_eq!(p.step_tokens("w", "draft", "m").unwrap().turns, None);
+    }
+
+    #[test]
+    fn calibration_learns_how_many_turns_an_agent_takes() {
+        let mut file = ProfileFile::default();
+        let last = |turns| Observation {
+            step: "research".into(),
+            model: "m".into(),
+            device: "cpu".into(),
+            tokens_in: 300,
+            tokens_out: 20,
+            ttft_s: None,
+            latency_s: 1.0,
+            load_s: 0.0,
+            turns: Some(turns),
+        };
+        calibrate(&Profiles::default(), &mut file, "w", &[last(3)]);
+        assert_eq!(file.steps[0].turns, Some(3.0));
+        // Later loops move it; a loop of one turn pulls it down but not all the way at once.
+        calibrate(&Profiles::default(), &mut file, "w", &[last(1)]);
+        let turns = file.steps[0].turns.unwrap();
+        assert!((1.0..3.0).contains(&turns), "{turns}");
     }
 }

@@ -336,6 +336,12 @@ async fn judge(
         max_tokens: 4,
         temperature: 0.0,
         seed: 0,
+        turns: Vec::new(),
+        tools: Vec::new(),
+        // A grade always parses: the engine may only write one of the eleven.
+        output: Some(joule_call::Constraint::OneOf(
+            (0..=10).map(|g| g.to_string()).collect(),
+        )),
     });
     let site = Site {
         step: "judge".into(),

@@ -710,6 +710,38 @@ impl Compiler<'_> {
         }
     }
 
+    /// A tool an agent may call: in the catalog and allowed by the workflow's policy, like a
+    /// tool step's (its arguments are the model's to choose, checked when it calls).
+    fn agent_tool(&mut self, t: &crate::spec::Name, ctx: &CompileContext) {
+        let policy = &self.workflow.policy;
+        if let Some(tools) = &ctx.tools
+            && !tools.contains_key(&t.name)
+        {
+            let help = match crate::diag::did_you_mean(&t.name, tools.keys().map(String::as_str)) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => "declare it under `tools:` in the catalog".into(),
+            };
+            self.err(
+                t.pos.offset,
+                t.name.len(),
+                ErrorCode::Policy,
+                format!("tool `{}` is not in the catalog", t.name),
+                help,
+            );
+        } else if !policy.tools.contains(&t.name) {
+            self.err(
+                t.pos.offset,
+                t.name.len(),
+                ErrorCode::Policy,
+                format!(
+                    "agent tool `{}` is not allowed by the workflow's policy",
+                    t.name
+                ),
+                format!("add `{}` to `policy.tools`", t.name),
+            );
+        }
+    }
+
     /// A judge model the catalog does not have.
     fn judges(&mut self, ctx: &CompileContext) {
         let (Some(models), Some(examples)) = (&ctx.models, &self.workflow.examples) else {
@@ -761,6 +793,9 @@ impl Compiler<'_> {
                 self.tool_arguments(t, ctx);
             }
             StepKind::Llm(l) => {
+                for t in l.agent.iter().flat_map(|a| &a.tools) {
+                    self.agent_tool(t, ctx);
+                }
                 if let Some(m) = &l.model {
                     if let Some(allowed) = &policy.models
                         && !allowed.contains(&m.name)

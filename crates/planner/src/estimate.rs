@@ -36,6 +36,8 @@ pub fn expected_output(llm: &crate::spec::LlmStep) -> f64 {
     }
 }
 
+/// Tokens each tool offered to an agent adds to its prompt (name, description, schema).
+pub const AGENT_TOOL_TOKENS: f64 = 80.0;
 /// Tokens a tool step's output is assumed to have.
 pub const TOOL_OUTPUT_TOKENS: f64 = 256.0;
 /// Tokens a string input is assumed to have when the workflow gives no default.
@@ -195,7 +197,7 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
             let mut excluded = Vec::new();
             let configs = match &step.kind {
                 StepKind::Llm(llm) => {
-                    let calls = if step.for_each.is_some() {
+                    let elements = if step.for_each.is_some() {
                         step.expect.max(1)
                     } else {
                         1
@@ -247,6 +249,8 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                                 (estimated_in, expected_out),
                                 |t| (t.tokens_in, t.tokens_out.min(max_out)),
                             );
+                            // An agent makes one model call per turn.
+                            let calls = elements * agent_turns(llm, learned);
                             let (Some(prefill), Some(decode)) = (&hw.prefill_tps, &hw.decode_tps)
                             else {
                                 excluded.push(why_not(
@@ -343,6 +347,14 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
                                         residencies.len() - 1
                                     })
                             });
+                            if let Some(reason) = llm
+                                .agent
+                                .as_ref()
+                                .and_then(|a| over_agent_budget(&a.budget, latency, energy, cost))
+                            {
+                                excluded.push(why_not(reason));
+                                continue;
+                            }
                             if let (Some(res_i), Some(limit)) = (residency, res.memory_gb)
                                 && residencies[res_i].memory_gb > limit
                             {
@@ -420,6 +432,44 @@ pub fn problem(dag: &Dag, catalog: &Catalog, profiles: &Profiles, env: &Environm
         residencies,
         budget: wf.budget,
         objective: wf.objective,
+    }
+}
+
+/// Model calls an agent step is expected to make per run: what its runs learned, else one
+/// turn that calls tools and one that answers. A plain llm step makes one.
+fn agent_turns(llm: &crate::spec::LlmStep, learned: Option<&crate::profile::StepTokens>) -> u32 {
+    let Some(agent) = &llm.agent else {
+        return 1;
+    };
+    let turns = learned
+        .and_then(|t| t.turns)
+        .map_or(2, |t| t.round().max(1.0) as u32);
+    turns.min(agent.max_turns)
+}
+
+/// Why a config's predicted figures exceed its agent's own budget, if they do.
+fn over_agent_budget(
+    budget: &crate::spec::Budget,
+    latency_s: f64,
+    energy_j: f64,
+    cost_usd: f64,
+) -> Option<String> {
+    let over = |what: &str, predicted: String, limit: String| {
+        Some(format!(
+            "its agent would take about {predicted}, over the agent's {what} budget of {limit}"
+        ))
+    };
+    match *budget {
+        crate::spec::Budget {
+            latency_s: Some(l), ..
+        } if latency_s > l => over("latency", format!("{latency_s:.1} s"), format!("{l} s")),
+        crate::spec::Budget {
+            energy_j: Some(e), ..
+        } if energy_j > e => over("energy", format!("{energy_j:.0} J"), format!("{e} J")),
+        crate::spec::Budget {
+            cost_usd: Some(c), ..
+        } if cost_usd > c => over("cost", format!("${cost_usd:.4}"), format!("${c}")),
+        _ => None,
     }
 }
 
@@ -557,6 +607,11 @@ fn input_tokens(dag: &Dag, i: usize, out: &[f64]) -> f64 {
     tokens += inputs_read(wf, &texts);
     if let Some(f) = &step.for_each {
         tokens += inputs_read(wf, &[f.source.as_str()]) / expect;
+    }
+    if let Some(agent) = &llm.agent {
+        // The tools' descriptions, and on average half a turn of calls and results so far.
+        tokens += AGENT_TOOL_TOKENS * agent.tools.len() as f64
+            + (TOOL_OUTPUT_TOKENS + expected_output(llm)) / 2.0;
     }
     tokens
 }

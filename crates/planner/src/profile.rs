@@ -144,6 +144,9 @@ pub struct StepTokens {
     pub tokens_out: f64,
     /// Calls observed.
     pub n: u32,
+    /// Of an agent step: model calls per run of the loop, learned as the lengths are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<f64>,
 }
 
 /// How good a workflow's final outputs are when one of its steps runs on one model and

@@ -95,8 +95,8 @@ pub(super) struct Done {
     pub(super) attempts: u32,
     pub(super) started_s: f64,
     pub(super) ended_s: f64,
-    /// How fast the successful model call ran, for calibrating profiles.
-    pub(super) observation: Option<Observation>,
+    /// How fast the successful model calls ran, for calibrating profiles.
+    pub(super) observations: Vec<Observation>,
 }
 
 /// Runs one call site: attempts with backoff on each config in turn.
@@ -157,55 +157,26 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                 Some(cache) if w.cache && attempts == 0 => cache.lookup(&call_json),
                 _ => None,
             };
-            let semaphore = sh
-                .semaphores
-                .get(call.device())
-                .cloned()
-                .filter(|_| hit.is_none());
-            let _permit = match &semaphore {
-                Some(s) => tokio::select! {
-                    p = s.clone().acquire_owned() => p.ok(),
-                    _ = sh.cancel.cancelled() => {
-                        return done(&w, Err("cancelled".into()), last_config, figures, attempts, started_s, now(&sh));
-                    }
-                },
-                None => None,
-            };
-            attempts += 1;
-            let begin = now(&sh);
-            started_s.get_or_insert(begin);
-            let _ = sh.events.send(Event::AttemptStarted {
-                step: w.site.step.clone(),
-                index: w.site.index,
-                attempt: attempts,
-                config: config.clone(),
-                call: call_json,
-            });
+            let cached = hit.is_some();
             let site = Site {
-                attempt: attempts,
+                attempt: attempts + 1,
                 ..w.site.clone()
             };
-            let cached = hit.is_some();
-            let busy =
-                (matches!(call, Call::Llm(_)) && !cached).then(|| sh.meters.begin(call.device()));
-            let span = span(&call, &w.site.step);
-            let result = match hit {
-                Some(answer) => Ok(answer),
-                None => invoke(&sh, &site, &call, w.timeout_s, &span).await,
+            let Some(sent) = send(&sh, &site, &call, call_json, hit, w.timeout_s).await else {
+                return done(
+                    &w,
+                    Err("cancelled".into()),
+                    last_config,
+                    figures,
+                    attempts,
+                    started_s,
+                    now(&sh),
+                );
             };
-            let energy = busy.map(|b| sh.meters.end(b));
-            drop(_permit);
-            let end = now(&sh);
-            let mut f = attempt_figures(&sh, &call, result.as_ref().ok(), energy, end - begin);
-            f.latency_s = end - begin;
-            if cached {
-                // Nothing ran: no energy, no price (the tokens say what was reused).
-                (f.energy_j, f.energy_method, f.cost_usd) = (0.0, None, 0.0);
-            }
+            attempts += 1;
+            started_s.get_or_insert(sent.begin);
+            let (result, f, end) = (sent.result, sent.figures, sent.end);
             figures.absorb(&f);
-            span.record("gen_ai.usage.input_tokens", f.tokens_in);
-            span.record("gen_ai.usage.output_tokens", f.tokens_out);
-            span.record("joule.energy_j", f.energy_j);
             let checked: Result<serde_json::Value, CallError> =
                 result.clone().and_then(|a| match (&w.output, &call) {
                     (Some(spec), Call::Llm(_)) => check::check(spec, &a.text)
@@ -229,7 +200,7 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                 Ok(v) => {
                     let mut d = done(&w, Ok(v), config.clone(), figures, attempts, started_s, end);
                     if let (Call::Llm(_), false, Some(model)) = (&call, cached, &config.model) {
-                        d.observation = Some(Observation {
+                        d.observations.push(Observation {
                             step: w.site.step.clone(),
                             model: model.clone(),
                             device: config.device.clone(),
@@ -238,6 +209,7 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                             ttft_s: f.ttft_s,
                             latency_s: f.latency_s,
                             load_s: f.load_s,
+                            turns: None,
                         });
                     }
                     return d;
@@ -288,6 +260,72 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
         started_s,
         sh.meters_now(),
     )
+}
+
+/// What one attempt sent got back, and what it cost.
+pub(super) struct Sent {
+    pub(super) result: Result<Answer, CallError>,
+    pub(super) figures: Figures,
+    pub(super) begin: f64,
+    pub(super) end: f64,
+}
+
+/// One attempt of a call, numbered `site.attempt`: a turn on its device's semaphore, the
+/// attempt's start event, the backend call under its timeout and span (or the cached answer
+/// `hit`, which runs nothing), and its metered figures. `None` when the run was cancelled
+/// while the call waited for its device: nothing was sent.
+pub(super) async fn send(
+    sh: &Shared,
+    site: &Site,
+    call: &Call,
+    call_json: serde_json::Value,
+    hit: Option<Answer>,
+    timeout_s: Option<f64>,
+) -> Option<Sent> {
+    let semaphore = sh
+        .semaphores
+        .get(call.device())
+        .cloned()
+        .filter(|_| hit.is_none());
+    let permit = match &semaphore {
+        Some(s) => tokio::select! {
+            p = s.clone().acquire_owned() => p.ok(),
+            _ = sh.cancel.cancelled() => return None,
+        },
+        None => None,
+    };
+    let begin = sh.meters_now();
+    let _ = sh.events.send(Event::AttemptStarted {
+        step: site.step.clone(),
+        index: site.index,
+        attempt: site.attempt,
+        config: call.config(),
+        call: call_json,
+    });
+    let cached = hit.is_some();
+    let busy = (matches!(call, Call::Llm(_)) && !cached).then(|| sh.meters.begin(call.device()));
+    let span = span(call, &site.step);
+    let result = match hit {
+        Some(answer) => Ok(answer),
+        None => invoke(sh, site, call, timeout_s, &span).await,
+    };
+    let energy = busy.map(|b| sh.meters.end(b));
+    drop(permit);
+    let end = sh.meters_now();
+    let mut f = attempt_figures(sh, call, result.as_ref().ok(), energy, end - begin);
+    if cached {
+        // Nothing ran: no energy, no price (the tokens say what was reused).
+        (f.energy_j, f.energy_method, f.cost_usd) = (0.0, None, 0.0);
+    }
+    span.record("gen_ai.usage.input_tokens", f.tokens_in);
+    span.record("gen_ai.usage.output_tokens", f.tokens_out);
+    span.record("joule.energy_j", f.energy_j);
+    Some(Sent {
+        result,
+        figures: f,
+        begin,
+        end,
+    })
 }
 
 /// The tracing span of a call: the OpenTelemetry GenAI attributes for a model call (usage
@@ -355,7 +393,7 @@ impl Shared {
     }
 }
 
-fn done(
+pub(super) fn done(
     w: &Work,
     result: Result<serde_json::Value, String>,
     config: ConfigRef,
@@ -373,14 +411,14 @@ fn done(
         attempts,
         started_s: started_s.unwrap_or(ended_s),
         ended_s,
-        observation: None,
+        observations: Vec::new(),
     }
 }
 
 /// Tokens, energy and cost of one attempt. Energy comes from the device's meter (labelled with
 /// its method); a tool's is its CPU time at one busy core's power, labelled `estimate`. Cost is
 /// the endpoint's token prices, or for a local device its electricity plus its hourly price.
-fn attempt_figures(
+pub(super) fn attempt_figures(
     sh: &Shared,
     call: &Call,
     answer: Option<&Answer>,

@@ -117,6 +117,9 @@ pub struct Observation {
     pub latency_s: f64,
     /// Model load paid inside `latency_s`.
     pub load_s: f64,
+    /// On the last model call of an agent's loop: how many model calls the loop made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turns: Option<u32>,
 }
 
 /// The end of a run.
@@ -452,7 +455,7 @@ impl Executor {
                         }
                     };
                     let i = done.step;
-                    observations.extend(done.observation.clone());
+                    observations.extend(done.observations.iter().cloned());
                     let step = &wf.steps[i];
                     let r = &mut book.results[i];
                     r.config = done.config.clone();
@@ -620,6 +623,9 @@ impl Executor {
                             max_tokens: l.max_tokens,
                             temperature: l.temperature,
                             seed: 0,
+                            turns: Vec::new(),
+                            tools: Vec::new(),
+                            output: constraint(l.output.as_ref()),
                         }))
                     })
                     .collect())
@@ -662,6 +668,15 @@ impl Executor {
         }
         Ok(serde_json::Value::Object(out))
     }
+}
+
+/// What the step's `output:` asks of the answer, as the engine enforces it while decoding.
+fn constraint(spec: Option<&joule_planner::spec::OutputSpec>) -> Option<joule_call::Constraint> {
+    use joule_planner::spec::OutputSpec;
+    spec.map(|s| match s {
+        OutputSpec::OneOf(v) => joule_call::Constraint::OneOf(v.clone()),
+        OutputSpec::JsonSchema(v) => joule_call::Constraint::JsonSchema(v.clone()),
+    })
 }
 
 /// Numbers and times events, and hands them to every sink.

@@ -313,6 +313,9 @@ pub async fn run_item(
         max_tokens: ask.max_tokens,
         temperature: 0.0,
         seed: 0,
+        turns: Vec::new(),
+        tools: Vec::new(),
+        output: None,
     });
     let site = Site {
         step: format!("eval:{}", item.id()),

@@ -22,6 +22,8 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use joule_infer::{Feed, KvPool, Model, Sequence};
 use serde::Serialize;
 
+use super::constrain::Guide;
+
 /// Prompt tokens fed per step across all sequences still prefilling: enough for the products
 /// to reach their tiled speed, few enough that decoding streams wait one short step.
 pub const PREFILL_CHUNK: usize = 256;
@@ -34,6 +36,8 @@ pub(crate) struct Job {
     pub seed: u64,
     /// Tokens that end the answer (none when the request ignores end-of-sequence).
     pub stop_ids: Vec<u32>,
+    /// The answer's grammar, if it has one: tokens it forbids are masked before sampling.
+    pub guide: Option<Guide>,
     pub events: Sender<Event>,
     /// Set by the caller to end the sequence at the next step.
     pub cancel: Arc<AtomicBool>,
@@ -317,7 +321,7 @@ impl Engine {
                 model.forward_batch(pool, &mut feeds).map(<[f32]>::to_vec)
             }))
         };
-        let logits = match result {
+        let mut logits = match result {
             Ok(Ok(logits)) => logits,
             Ok(Err(e)) => return self.fail_all(&e.to_string()),
             Err(_) => return self.fail_all("the forward pass panicked"),
@@ -331,9 +335,8 @@ impl Engine {
             if !sample {
                 continue;
             }
-            let row = &logits[row * vocab..(row + 1) * vocab];
-            let token = candle_core::Tensor::from_slice(row, vocab, &candle_core::Device::Cpu)
-                .and_then(|t| a.sampler.sample(&t));
+            let row = &mut logits[row * vocab..(row + 1) * vocab];
+            let token = super::constrain::sample(a.job.guide.as_mut(), row, &mut a.sampler);
             let token = match token {
                 Ok(t) => t,
                 Err(e) => {

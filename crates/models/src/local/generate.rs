@@ -10,6 +10,7 @@ use super::chat::Message;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use super::constrain::{Grammar, Guide};
 use super::tokenizer::TextStream;
 
 /// What to generate. Greedy by default, so the same request gives the same answer.
@@ -35,6 +36,13 @@ pub struct Request {
     /// left instead of refusing the request.
     #[serde(default)]
     pub fit_context: bool,
+    /// Functions the model is told it may call (OpenAI `tools` entries), rendered into a chat
+    /// prompt by the model's template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<serde_json::Value>,
+    /// What the answer must match; generated under a token mask so that it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<Grammar>,
     /// Set by the caller to give the request up, including while it waits for room in a
     /// batching engine (a callback only runs once tokens come); the engine drops it at its
     /// next step.
@@ -62,6 +70,8 @@ impl Request {
             stop: Vec::new(),
             ignore_eos: false,
             fit_context: false,
+            tools: Vec::new(),
+            grammar: None,
             cancel: None,
         }
     }
@@ -156,6 +166,8 @@ pub struct Prepared {
     pub tokens: Vec<u32>,
     /// The answer's length limit, after `fit_context`.
     pub max_tokens: usize,
+    /// The request's grammar, compiled; each generation steps a copy of it.
+    pub guide: Option<Guide>,
 }
 
 pub(crate) fn prepare(
@@ -163,7 +175,17 @@ pub(crate) fn prepare(
     request: &Request,
 ) -> Result<Prepared, LocalError> {
     let tokens = match &request.prompt {
-        Prompt::Chat(messages) => model.tokenizer.encode(&model.template.render(messages)?)?,
+        Prompt::Chat(messages) => {
+            let text = model.template.render_with_tools(messages, &request.tools)?;
+            // The one place to see what a model was really shown (`RUST_LOG=joule_models=trace`).
+            tracing::trace!(prompt = %text.escape_debug(), "rendered chat");
+            model.tokenizer.encode(&text)?
+        }
+        Prompt::Text(_) | Prompt::Tokens(_) if !request.tools.is_empty() => {
+            return Err(LocalError::Request(
+                "tools are offered through a chat template; send messages, not a prompt".into(),
+            ));
+        }
         Prompt::Text(text) => model.tokenizer.encode(text)?,
         Prompt::Tokens(ids) => {
             let vocab = model.tokenizer.vocab_size();
@@ -195,7 +217,20 @@ pub(crate) fn prepare(
             context: model.context,
         });
     }
-    Ok(Prepared { tokens, max_tokens })
+    let guide = match &request.grammar {
+        None => None,
+        Some(_) if request.ignore_eos => {
+            return Err(LocalError::Request(
+                "an output constraint ends the answer where its grammar does; it cannot be combined with ignore_eos".into(),
+            ));
+        }
+        Some(grammar) => Some(model.constrainer.guide(&model.tokenizer, grammar)?),
+    };
+    Ok(Prepared {
+        tokens,
+        max_tokens,
+        guide,
+    })
 }
 
 /// Turns sampled tokens into the answer: text pieces handed on as they become safe (a stop
@@ -324,12 +359,22 @@ pub(crate) fn run(
     let started = Instant::now();
     let prompt = &prepared.tokens;
     let mut sampler = LogitsProcessor::from_sampling(request.seed, request.sampling());
+    let mut guide = prepared.guide.clone();
     let mut decoder = Decoder::new(model, prepared, request, on_text, started);
     let mut logits = engine.forward(prompt, 0, &model.device)?;
     let prefill_s = started.elapsed().as_secs_f64();
     let mut pos = prompt.len();
     loop {
-        let token = sampler.sample(&logits)?;
+        let token = match guide.as_mut() {
+            None => sampler.sample(&logits)?,
+            Some(guide) => {
+                let mut row = logits
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                super::constrain::sample(Some(guide), &mut row, &mut sampler)?
+            }
+        };
         if !decoder.push(token)? {
             break;
         }

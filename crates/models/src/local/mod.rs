@@ -10,9 +10,11 @@
 
 pub mod batcher;
 pub mod chat;
+pub mod constrain;
 pub mod engine;
 pub mod generate;
 pub mod tokenizer;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,6 +31,7 @@ use crate::store::{ModelError, ModelStore};
 pub use batcher::EngineStatus;
 use batcher::{Batcher, Event, Job};
 pub use chat::Message;
+pub use constrain::Grammar;
 use engine::Engine;
 pub use engine::{EngineKind, LoadOptions};
 pub use generate::{FinishReason, Flow, Generation, Prepared, Prompt, Request};
@@ -108,6 +111,7 @@ pub struct LoadedModel {
     pub id: String,
     pub tokenizer: Tokenizer,
     template: chat::ChatTemplate,
+    constrainer: constrain::Constrainer,
     /// Tokens of prompt plus answer the model can hold.
     pub context: usize,
     pub device: candle_core::Device,
@@ -198,6 +202,7 @@ impl LoadedModel {
             id: id.to_string(),
             tokenizer,
             template,
+            constrainer: constrain::Constrainer::new(),
             context,
             device: device.clone(),
             load_s: 0.0,
@@ -283,6 +288,7 @@ impl LoadedModel {
             sampling: request.sampling(),
             seed: request.seed,
             stop_ids: self.stop_ids(request).to_vec(),
+            guide: prepared.guide.clone(),
             events,
             cancel: cancel.clone(),
         };
@@ -556,14 +562,7 @@ impl LocalBackend {
                 "the local backend was handed a tool call",
             ));
         };
-        let mut messages = Vec::new();
-        if let Some(system) = &c.system {
-            messages.push(Message::new("system", system.clone()));
-        }
-        messages.push(Message::new("user", c.prompt.clone()));
-        let mut request = Request::chat(messages, c.max_tokens as usize);
-        request.temperature = c.temperature;
-        request.seed = c.seed;
+        let mut request = request_of(c);
         // Reaches a request still waiting for room in the engine, which no token callback
         // would see until it was admitted.
         let give_up = Arc::new(AtomicBool::new(false));
@@ -600,8 +599,25 @@ impl LocalBackend {
         if generation.finish_reason == FinishReason::Cancelled {
             return Err(CallError::transient("cancelled"));
         }
+        // An agent's answer is a reply, or calls of its tools (their ids are the executor's).
+        let (text, tool_calls) = if c.tools.is_empty() {
+            (generation.text, Vec::new())
+        } else {
+            let (content, calls) = tools::parse(&generation.text);
+            let calls = calls
+                .into_iter()
+                .enumerate()
+                .map(|(i, call)| joule_call::ToolUse {
+                    id: format!("call_{i}"),
+                    name: call.name,
+                    arguments: call.arguments,
+                })
+                .collect();
+            (content.unwrap_or_default(), calls)
+        };
         Ok(Answer {
-            text: generation.text,
+            text,
+            tool_calls,
             tokens_in: generation.prompt_tokens as u64,
             tokens_out: generation.completion_tokens as u64,
             tokens_cached: generation.cached_prompt_tokens as u64,
@@ -610,6 +626,72 @@ impl LocalBackend {
             ..Answer::default()
         })
     }
+}
+
+/// A step's model call as a local generation: the conversation through the model's own chat
+/// template (tools in its tools section), and the answer's form enforced by its grammar.
+fn request_of(c: &joule_call::LlmCall) -> Request {
+    let mut messages = Vec::new();
+    if let Some(system) = &c.system {
+        messages.push(Message::new("system", system.clone()));
+    }
+    messages.push(Message::new("user", c.prompt.clone()));
+    for turn in &c.turns {
+        messages.push(match turn {
+            joule_call::Turn::Assistant {
+                content,
+                tool_calls,
+            } => Message {
+                tool_calls: tool_calls
+                    .iter()
+                    .map(|t| chat::MessageToolCall {
+                        id: t.id.clone(),
+                        kind: "function".into(),
+                        function: chat::CalledFunction {
+                            name: t.name.clone(),
+                            arguments: t.arguments.clone(),
+                        },
+                    })
+                    .collect(),
+                ..Message::new("assistant", content.clone())
+            },
+            joule_call::Turn::Tool { id, content } => Message {
+                tool_call_id: Some(id.clone()),
+                ..Message::new("tool", content.clone())
+            },
+        });
+    }
+    let mut request = Request::chat(messages, c.max_tokens as usize);
+    request.temperature = c.temperature;
+    request.seed = c.seed;
+    let reply = c.output.as_ref().map(|o| match o {
+        joule_call::Constraint::OneOf(words) => Grammar::one_of(words),
+        joule_call::Constraint::JsonSchema(schema) => Grammar::json_schema(schema),
+    });
+    if c.tools.is_empty() {
+        request.grammar = reply;
+    } else {
+        let functions: Vec<tools::Function> = c
+            .tools
+            .iter()
+            .map(|f| tools::Function {
+                name: f.name.clone(),
+                parameters: f.parameters.clone(),
+            })
+            .collect();
+        request.tools = c
+            .tools
+            .iter()
+            .map(|f| serde_json::json!({"type": "function", "function": f}))
+            .collect();
+        request.grammar = Some(tools::grammar(
+            &functions,
+            &tools::Choice::Auto,
+            true,
+            reply.as_ref(),
+        ));
+    }
+    request
 }
 
 impl Backend for LocalBackend {

@@ -22,6 +22,16 @@ const GPT2_PATTERN: &str =
 /// Qwen2's split: case-insensitive contractions, single digits, newlines kept apart.
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Tags that GGUF files mark as control tokens but that are part of an answer's text: a tool
+/// call is read out of the answer between them, so decoding must keep them, and a grammar must
+/// be able to name them as text.
+const TEXT_TAGS: [&str; 4] = [
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+];
+
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TYPE_CONTROL: i64 = 3;
 const TYPE_USER_DEFINED: i64 = 4;
@@ -44,6 +54,9 @@ pub struct Tokenizer {
     pub add_bos: bool,
     /// Every id that ends generation.
     pub stop_ids: Vec<u32>,
+    /// Tokens added to the byte-level vocabulary (turn markers, tool tags), with whether each
+    /// is a control token, which text never spells.
+    added: Vec<(u32, bool)>,
 }
 
 fn get<'a>(ct: &'a Content, key: &str) -> Option<&'a Value> {
@@ -128,14 +141,21 @@ impl Tokenizer {
         inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
 
-        let added: Vec<AddedToken> = tokens
+        let added: Vec<(u32, bool)> = types
             .iter()
-            .zip(&types)
+            .enumerate()
             .filter(|(_, t)| **t == TYPE_CONTROL || **t == TYPE_USER_DEFINED)
-            .map(|(tok, t)| AddedToken::from(tok.clone(), *t == TYPE_CONTROL))
+            .map(|(id, t)| {
+                let text_tag = TEXT_TAGS.contains(&tokens[id].as_str());
+                (id as u32, *t == TYPE_CONTROL && !text_tag)
+            })
+            .collect();
+        let special: Vec<AddedToken> = added
+            .iter()
+            .map(|&(id, control)| AddedToken::from(tokens[id as usize].clone(), control))
             .collect();
         inner
-            .add_special_tokens(added)
+            .add_special_tokens(special)
             .map_err(|e| LocalError::Format(format!("adding the special tokens: {e}")))?;
 
         let bos = token_id(ct, "tokenizer.ggml.bos_token_id");
@@ -160,7 +180,37 @@ impl Tokenizer {
             eos,
             add_bos,
             stop_ids,
+            added,
         })
+    }
+
+    /// Every token's bytes, as constrained decoding matches them against a grammar (control
+    /// tokens marked as such). llguidance reads the byte-level alphabet the way Hugging Face's
+    /// `tokenizer.json` spells it, so the vocabulary is handed over in that shape.
+    pub fn token_bytes(&self) -> Result<Vec<Vec<u8>>, String> {
+        let added: Vec<serde_json::Value> = self
+            .added
+            .iter()
+            .map(|&(id, special)| {
+                serde_json::json!({"id": id, "content": self.vocab[id as usize], "special": special})
+            })
+            .collect();
+        let vocab: serde_json::Map<String, serde_json::Value> = self
+            .vocab
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), serde_json::Value::from(i)))
+            .collect();
+        let json = serde_json::json!({
+            "decoder": {"type": "ByteLevel"},
+            "added_tokens": added,
+            "model": {"vocab": vocab},
+        });
+        let mut words = llguidance::token_bytes_from_tokenizer_json(&json)
+            .map_err(|e| format!("reading the vocabulary: {e}"))?;
+        // Ids no entry names (duplicates in a vocabulary) keep an empty spelling.
+        words.resize(self.vocab.len(), Vec::new());
+        Ok(words)
     }
 
     /// Tokenizes text that may contain the model's special tokens (a rendered chat prompt).

@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use joule_call::{Answer, Backend, Call, CallError, CallFuture, Cancel, OnTokens, Site, backoff};
+use joule_call::{
+    Answer, Backend, Call, CallError, CallFuture, Cancel, Constraint, OnTokens, Site, ToolUse,
+    Turn, backoff,
+};
 
 use super::wire::{
-    ChatChunk, ChatMessage, ChatRequest, ChatResponse, Content, ErrorBody, StreamOptions, Timings,
-    Usage,
+    ChatChunk, ChatMessage, ChatRequest, ChatResponse, Content, ErrorBody, FunctionCall,
+    FunctionDef, JsonSchemaFormat, ResponseFormat, StreamOptions, Timings, Tool, ToolCall,
+    ToolCallDelta, Usage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +91,8 @@ pub struct Completion {
     pub attempts: u32,
     /// Timings a `joule serve` peer reports about its own device.
     pub server: Option<Timings>,
+    /// The functions the model called, arguments as the JSON text it wrote.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 pub struct OpenAiBackend {
@@ -304,10 +310,7 @@ impl OpenAiBackend {
                     message: "no choices".into(),
                 });
             };
-            let text = match choice.message.content {
-                Content::Text(t) => t,
-                Content::Parts(parts) => parts.into_iter().filter_map(|p| p.text).collect(),
-            };
+            let text = choice.message.text_content();
             on_text(&text);
             return Attempt::Done(Completion {
                 text,
@@ -317,6 +320,7 @@ impl OpenAiBackend {
                 wall_s: 0.0,
                 attempts: attempt,
                 server: parsed.joule,
+                tool_calls: choice.message.tool_calls.unwrap_or_default(),
             });
         }
 
@@ -326,6 +330,7 @@ impl OpenAiBackend {
         let mut finish_reason = None;
         let mut usage = None;
         let mut ttft = None;
+        let mut calls: Vec<ToolCall> = Vec::new();
         loop {
             let chunk = match response.chunk().await {
                 Ok(Some(c)) => c,
@@ -350,6 +355,7 @@ impl OpenAiBackend {
                         wall_s: 0.0,
                         attempts: attempt,
                         server: None,
+                        tool_calls: calls,
                     });
                 }
                 let chunk: ChatChunk = match serde_json::from_str(data) {
@@ -369,6 +375,10 @@ impl OpenAiBackend {
                         ttft.get_or_insert_with(|| sent.elapsed().as_secs_f64());
                         on_text(&piece);
                         text.push_str(&piece);
+                    }
+                    for delta in choice.delta.tool_calls.into_iter().flatten() {
+                        ttft.get_or_insert_with(|| sent.elapsed().as_secs_f64());
+                        absorb_call_delta(&mut calls, delta);
                     }
                     if choice.finish_reason.is_some() {
                         finish_reason = choice.finish_reason;
@@ -418,21 +428,10 @@ impl OpenAiBackend {
         let Call::Llm(c) = call else {
             return Err(CallError::permanent("an endpoint was handed a tool call"));
         };
-        let mut request = ChatRequest::user(&c.model, &c.prompt, c.max_tokens.into(), true);
+        let mut request = chat_request(c);
         request.stream_options = Some(StreamOptions {
             include_usage: true,
         });
-        if let Some(system) = &c.system {
-            request.messages.insert(
-                0,
-                ChatMessage {
-                    role: "system".into(),
-                    content: Content::Text(system.clone()),
-                },
-            );
-        }
-        request.temperature = Some(c.temperature);
-        request.seed = Some(c.seed);
         let mut pieces = 0;
         let mut count = |_: &str| {
             pieces += 1;
@@ -456,6 +455,7 @@ impl OpenAiBackend {
                 .map_or(0, |d| d.cached_tokens),
             ttft_s: Some(completion.ttft_s),
             load_s: completion.server.as_ref().map_or(0.0, |t| t.load_s),
+            tool_calls: tool_uses(completion.tool_calls),
             ..Answer::default()
         })
     }
@@ -471,6 +471,115 @@ impl Backend for OpenAiBackend {
     ) -> CallFuture<'a> {
         Box::pin(self.llm(call, cancel, on_tokens))
     }
+}
+
+/// Adds one streamed piece of a tool call to the calls so far: the first piece of a call
+/// names it, later ones append to its arguments' text.
+fn absorb_call_delta(calls: &mut Vec<ToolCall>, delta: ToolCallDelta) {
+    let i = delta.index as usize;
+    while calls.len() <= i {
+        calls.push(ToolCall {
+            id: String::new(),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: String::new(),
+                arguments: String::new(),
+            },
+        });
+    }
+    let call = &mut calls[i];
+    if let Some(id) = delta.id {
+        call.id = id;
+    }
+    if let Some(name) = delta.function.name {
+        call.function.name.push_str(&name);
+    }
+    if let Some(arguments) = delta.function.arguments {
+        call.function.arguments.push_str(&arguments);
+    }
+}
+
+/// A step's call as an OpenAI chat request: the conversation so far, the functions offered,
+/// and a JSON Schema answer as `response_format` (a closed set of words has no such form; the
+/// executor checks it after).
+fn chat_request(c: &joule_call::LlmCall) -> ChatRequest {
+    let mut request = ChatRequest::user(&c.model, &c.prompt, c.max_tokens.into(), true);
+    if let Some(system) = &c.system {
+        request
+            .messages
+            .insert(0, ChatMessage::text("system", system.clone()));
+    }
+    for turn in &c.turns {
+        request.messages.push(match turn {
+            Turn::Assistant {
+                content,
+                tool_calls,
+            } => ChatMessage {
+                content: (!content.is_empty()).then(|| Content::Text(content.clone())),
+                tool_calls: (!tool_calls.is_empty()).then(|| {
+                    tool_calls
+                        .iter()
+                        .map(|t| ToolCall {
+                            id: t.id.clone(),
+                            kind: "function".into(),
+                            function: FunctionCall {
+                                name: t.name.clone(),
+                                arguments: t.arguments.to_string(),
+                            },
+                        })
+                        .collect()
+                }),
+                ..ChatMessage::text("assistant", "")
+            },
+            Turn::Tool { id, content } => ChatMessage {
+                tool_call_id: Some(id.clone()),
+                ..ChatMessage::text("tool", content.clone())
+            },
+        });
+    }
+    if !c.tools.is_empty() {
+        request.tools = Some(
+            c.tools
+                .iter()
+                .map(|f| Tool {
+                    kind: "function".into(),
+                    function: FunctionDef {
+                        name: f.name.clone(),
+                        description: f.description.clone(),
+                        parameters: Some(f.parameters.clone()),
+                        strict: None,
+                    },
+                })
+                .collect(),
+        );
+    }
+    if let Some(Constraint::JsonSchema(schema)) = &c.output {
+        request.response_format = Some(ResponseFormat::JsonSchema {
+            json_schema: JsonSchemaFormat {
+                name: "output".into(),
+                description: None,
+                schema: Some(schema.clone()),
+                strict: None,
+            },
+        });
+    }
+    request.temperature = Some(c.temperature);
+    request.seed = Some(c.seed);
+    request
+}
+
+/// A model's tool calls as the call vocabulary has them; arguments that are not JSON are
+/// kept as a string, for the executor to refuse with the model's own words.
+fn tool_uses(calls: Vec<ToolCall>) -> Vec<ToolUse> {
+    calls
+        .into_iter()
+        .map(|c| ToolUse {
+            arguments: serde_json::from_str(&c.function.arguments)
+                .unwrap_or(serde_json::Value::String(c.function.arguments)),
+            id: c.id,
+            name: c.function.name,
+        })
+        .collect()
 }
 
 fn is_loopback(url: &str) -> bool {

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::diag::{ErrorCode, Pos, SourceFile, SpecError, suggest};
-use raw::{At, RawStep, RawWorkflow};
+use raw::{At, RawBudget, RawStep, RawWorkflow};
 
 /// Workflow files larger than this are refused before parsing: a 1,000-step workflow is about
 /// 200 KB, so anything this large is a mistake or an attack, and the limit bounds memory.
@@ -279,7 +279,26 @@ pub struct LlmStep {
     pub output: Option<OutputSpec>,
     pub model: Option<Name>,
     pub device: Option<Name>,
+    /// Present when the step is an agent: a loop of model and tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Agent>,
 }
+
+/// An agent's loop. The planner plans it as one llm step whose calls are its expected turns;
+/// the executor runs the loop, each tool call policy-checked and sandboxed like a tool step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Agent {
+    pub tools: Vec<Name>,
+    /// The most model calls; the last is offered no tools, so the loop ends with an answer.
+    pub max_turns: u32,
+    /// Limits over all of the agent's calls (`quality_loss` is unused).
+    pub budget: Budget,
+}
+
+/// Model calls an agent makes unless its step says `max_turns`.
+pub const DEFAULT_MAX_TURNS: u32 = 4;
+/// The most `max_turns` may be: each turn re-reads the whole conversation.
+pub const MAX_TURNS_LIMIT: u32 = 32;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolStep {
@@ -616,21 +635,10 @@ impl Checker<'_> {
             });
         }
 
-        let budget = raw.budget.map_or_else(Budget::default, |b| Budget {
-            latency_s: b
-                .latency
-                .as_ref()
-                .and_then(|d| self.positive(d, units::parse_duration, "latency")),
-            energy_j: b
-                .energy
-                .as_ref()
-                .and_then(|d| self.positive(d, units::parse_energy, "energy")),
-            cost_usd: b
-                .cost
-                .as_ref()
-                .and_then(|d| self.positive(d, units::parse_cost, "cost")),
-            quality_loss: None,
-        });
+        let budget = raw
+            .budget
+            .as_ref()
+            .map_or_else(Budget::default, |b| self.budget(b));
         let quality = raw
             .quality
             .as_ref()
@@ -925,6 +933,7 @@ impl Checker<'_> {
             ("output", raw.output.as_ref().map(|a| (a.line, a.column))),
             ("model", raw.model.as_ref().map(|a| (a.line, a.column))),
             ("device", raw.device.as_ref().map(|a| (a.line, a.column))),
+            ("agent", raw.agent.as_ref().map(|a| (a.line, a.column))),
         ];
         let tool_only = [("args", raw.args.as_ref().map(|a| (a.line, a.column)))];
         let kind = markers[0].0;
@@ -1047,7 +1056,9 @@ impl Checker<'_> {
             None => 0.0,
         };
         let output = raw.output.as_ref().and_then(|o| self.output_spec(o));
+        let agent = raw.agent.as_ref().map(|a| self.agent(a));
         LlmStep {
+            agent,
             task: raw.task.as_ref().map(|t| t.value).unwrap_or_default(),
             prompt,
             system: raw.system.as_ref().map(|s| self.template(s)),
@@ -1063,6 +1074,69 @@ impl Checker<'_> {
                 name: d.value.clone(),
                 pos: self.pos(d),
             }),
+        }
+    }
+
+    fn agent(&mut self, at: &At<raw::RawAgent>) -> Agent {
+        let raw = &at.value;
+        if raw.tools.is_empty() {
+            self.error(
+                at,
+                1,
+                ErrorCode::InvalidValue,
+                "an agent needs at least one tool".into(),
+                "list the catalog tools it may call in `agent.tools`, or make it a plain llm step",
+            );
+        }
+        let max_turns = match &raw.max_turns {
+            Some(m) if m.value < 2 || m.value > MAX_TURNS_LIMIT => {
+                self.error(
+                    m,
+                    1,
+                    ErrorCode::InvalidValue,
+                    format!("`max_turns` must be between 2 and {MAX_TURNS_LIMIT}"),
+                    format!(
+                        "one turn calls tools and a later one answers; the default is {DEFAULT_MAX_TURNS}"
+                    ),
+                );
+                DEFAULT_MAX_TURNS
+            }
+            Some(m) => m.value,
+            None => DEFAULT_MAX_TURNS,
+        };
+        let budget = raw
+            .budget
+            .as_ref()
+            .map_or_else(Budget::default, |b| self.budget(b));
+        Agent {
+            tools: raw
+                .tools
+                .iter()
+                .map(|t| Name {
+                    name: t.value.clone(),
+                    pos: self.pos(t),
+                })
+                .collect(),
+            max_turns,
+            budget,
+        }
+    }
+
+    fn budget(&mut self, b: &RawBudget) -> Budget {
+        Budget {
+            latency_s: b
+                .latency
+                .as_ref()
+                .and_then(|d| self.positive(d, units::parse_duration, "latency")),
+            energy_j: b
+                .energy
+                .as_ref()
+                .and_then(|d| self.positive(d, units::parse_energy, "energy")),
+            cost_usd: b
+                .cost
+                .as_ref()
+                .and_then(|d| self.positive(d, units::parse_cost, "cost")),
+            quality_loss: None,
         }
     }
 

@@ -194,8 +194,23 @@ pub struct RawInput {
     pub default: Option<At<serde_json::Value>>,
 }
 
+/// An agent's loop: the tools it may call and its limits.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Agent")]
+pub struct RawAgent {
+    /// Catalog tools the model may call; each must be in `policy.tools`.
+    pub tools: Vec<At<String>>,
+    /// The most model calls in the loop, the last offered no tools (default: 4).
+    #[serde(default)]
+    pub max_turns: Option<At<u32>>,
+    /// The agent's own limits, over all its calls: `latency`, `energy`, `cost`.
+    #[serde(default)]
+    pub budget: Option<RawBudget>,
+}
+
 /// Limits for one run. Every limit is optional.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Budget")]
 pub struct RawBudget {
@@ -282,6 +297,10 @@ pub struct RawStep {
     /// Pin the step to one device (`cpu`, `cuda:0`) or endpoint name.
     #[serde(default)]
     pub device: Option<At<String>>,
+    /// Make the llm step an agent: the model may call these tools, sees their results and
+    /// decides again, up to `max_turns` model calls.
+    #[serde(default)]
+    pub agent: Option<At<RawAgent>>,
 
     // tool steps
     /// The tool a tool step calls; it must be listed in `policy.tools`.
