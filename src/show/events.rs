@@ -123,6 +123,26 @@ impl Sink for Display {
                 reason,
                 ..
             } => self.line(format!("  {step}: refused {config}: {reason}")),
+            Event::AgentToolCall {
+                step,
+                index,
+                turn,
+                tool,
+                arguments,
+                error,
+                refused,
+                ..
+            } => {
+                let outcome = match (refused, error) {
+                    (Some(why), _) => format!("refused: {why}"),
+                    (None, Some(e)) => format!("failed: {e}"),
+                    (None, None) => "done".into(),
+                };
+                self.line(format!(
+                    "  {step}{} turn {turn}: {tool} {arguments} {outcome}",
+                    index.map(|i| format!("[{i}]")).unwrap_or_default()
+                ));
+            }
             Event::Fallback {
                 step, to, reason, ..
             } => self.line(format!("  {step}: falling back to {to} ({reason})")),

@@ -390,6 +390,12 @@ impl Store {
                 .elements
                 .insert((step, i as usize), parse("element output", &output)?);
         }
+        // What unfinished steps already got: an agent's loop resumes from these.
+        prior.calls = self
+            .recorded(id)?
+            .into_iter()
+            .filter(|(site, (_, answer))| answer.is_ok() && !prior.steps.contains_key(&site.step))
+            .collect();
         Ok(prior)
     }
 

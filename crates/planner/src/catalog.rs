@@ -146,6 +146,44 @@ fn exit_zero() -> Vec<i32> {
     vec![0]
 }
 
+impl Tool {
+    /// The tool's arguments as a JSON Schema object: how an agent's model is offered it (every
+    /// chat template and endpoint takes functions in this shape), and what its calls are
+    /// constrained to. Arguments it does not name are closed off.
+    pub fn parameters(&self) -> serde_json::Value {
+        let mut properties = serde_json::Map::new();
+        for (name, arg) in &self.args {
+            let mut p = serde_json::Map::new();
+            let ty = match arg.ty {
+                ToolArgType::String | ToolArgType::Path => "string",
+                ToolArgType::Integer => "integer",
+                ToolArgType::Number => "number",
+                ToolArgType::Boolean => "boolean",
+            };
+            p.insert("type".into(), ty.into());
+            if let Some(d) = &arg.description {
+                p.insert("description".into(), d.clone().into());
+            }
+            if matches!(arg.ty, ToolArgType::String | ToolArgType::Path) {
+                p.insert("maxLength".into(), arg.max_bytes.into());
+            }
+            properties.insert(name.clone(), serde_json::Value::Object(p));
+        }
+        let required: Vec<&String> = self
+            .args
+            .iter()
+            .filter(|(_, a)| a.required)
+            .map(|(n, _)| n)
+            .collect();
+        serde_json::json!({
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ToolArgType {

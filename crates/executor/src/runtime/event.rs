@@ -183,6 +183,21 @@ pub enum Event {
         config: ConfigRef,
         reason: String,
     },
+    /// A tool call an agent's model asked for: its arguments, the attempt that ran it (none
+    /// when refused: nothing ran), and a hash of its full output, so the audit log proves
+    /// what the model was shown without keeping it twice (the attempt's answer holds it).
+    AgentToolCall {
+        step: String,
+        index: Option<usize>,
+        turn: u32,
+        id: String,
+        tool: String,
+        arguments: serde_json::Value,
+        attempt: Option<u32>,
+        result_sha256: Option<String>,
+        error: Option<String>,
+        refused: Option<String>,
+    },
     /// The attempts on one config were used up; the next-best one the plan allows is tried.
     Fallback {
         step: String,
@@ -240,6 +255,7 @@ impl Event {
             Event::AttemptEnded { .. } => "attempt_ended",
             Event::Progress { .. } => "progress",
             Event::PolicyRefused { .. } => "policy_refused",
+            Event::AgentToolCall { .. } => "agent_tool_call",
             Event::Fallback { .. } => "fallback",
             Event::ElementEnded { .. } => "element_ended",
             Event::StepSkipped { .. } => "step_skipped",

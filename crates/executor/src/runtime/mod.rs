@@ -12,6 +12,7 @@
 //! the run falls behind its SLO, the steps not yet started are planned again with what is
 //! left of the budgets. All of these are events.
 
+mod agent;
 mod attempt;
 pub mod check;
 mod energy;
@@ -48,6 +49,9 @@ pub struct Prior {
     pub elements: HashMap<(String, usize), serde_json::Value>,
     /// What those steps cost when they ran, so a resumed run's report counts them.
     pub figures: HashMap<String, (ConfigRef, Figures, u32)>,
+    /// The successful attempts of steps that had not finished, by call site: an agent's loop
+    /// takes the calls it already made from here instead of making them again.
+    pub calls: crate::recorded::Recording,
 }
 
 /// Everything one run needs.
@@ -421,7 +425,11 @@ impl Executor {
                         cache: step.cache,
                     };
                     let sh = shared.clone();
-                    tasks.spawn(async move { run_work(sh, work).await });
+                    // An agent step's loop replaces the attempts of a plain call site.
+                    match self.agent_loop(&job, i, index) {
+                        Some(agent) => tasks.spawn(agent::run(sh, work, agent)),
+                        None => tasks.spawn(async move { run_work(sh, work).await }),
+                    };
                     spawned += 1;
                 }
                 book.remaining[i] = spawned;
@@ -649,6 +657,41 @@ impl Executor {
             }
             StepKind::Value(_) => Ok(Vec::new()),
         }
+    }
+
+    /// An agent step's loop: its tools as the model is offered them, and what the run being
+    /// resumed already did at this call site.
+    fn agent_loop(&self, job: &Job, i: usize, index: Option<usize>) -> Option<agent::Loop> {
+        let step = &job.dag.workflow.steps[i];
+        let StepKind::Llm(l) = &step.kind else {
+            return None;
+        };
+        let a = l.agent.as_ref()?;
+        let functions = a
+            .tools
+            .iter()
+            .filter_map(|t| self.catalog.tools.iter().find(|c| c.name == t.name))
+            .map(|t| joule_call::Function {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                parameters: t.parameters(),
+            })
+            .collect();
+        let recorded = job
+            .prior
+            .calls
+            .iter()
+            .filter(|(site, _)| site.step == step.id && site.index == index)
+            .filter_map(|(site, (call, answer))| {
+                Some((site.attempt, (call.clone(), answer.as_ref().ok()?.clone())))
+            })
+            .collect();
+        Some(agent::Loop {
+            functions,
+            max_turns: a.max_turns,
+            budget: a.budget,
+            recorded,
+        })
     }
 
     fn outputs(&self, job: &Job, slots: &[Slot]) -> Result<serde_json::Value, String> {

@@ -496,7 +496,7 @@ pub fn answer_of(
 /// loop then runs until its recursion limit. `joule serve` answers such a turn again without
 /// tools (see [`answer_instead`]); a call with new arguments is never touched.
 pub fn repeats_answered(request: &ChatRequest, calls: &[ToolCall]) -> bool {
-    let auto = matches!(&request.tool_choice, None)
+    let auto = request.tool_choice.is_none()
         || matches!(&request.tool_choice, Some(ToolChoice::Mode(m)) if m == "auto");
     if !auto || calls.is_empty() {
         return false;

@@ -281,7 +281,7 @@ pub struct LlmStep {
     pub device: Option<Name>,
     /// Present when the step is an agent: a loop of model and tool calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<Agent>,
+    pub agent: Option<Box<Agent>>,
 }
 
 /// An agent's loop. The planner plans it as one llm step whose calls are its expected turns;
@@ -308,6 +308,9 @@ pub struct ToolStep {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// A workflow holds a few dozen steps, built once per compile: boxing the llm step would add an
+// indirection to every read and save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 pub enum StepKind {
     Llm(LlmStep),
     Tool(ToolStep),
@@ -1058,7 +1061,7 @@ impl Checker<'_> {
         let output = raw.output.as_ref().and_then(|o| self.output_spec(o));
         let agent = raw.agent.as_ref().map(|a| self.agent(a));
         LlmStep {
-            agent,
+            agent: agent.map(Box::new),
             task: raw.task.as_ref().map(|t| t.value).unwrap_or_default(),
             prompt,
             system: raw.system.as_ref().map(|s| self.template(s)),
