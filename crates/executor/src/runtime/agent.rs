@@ -330,17 +330,9 @@ async fn attempt_of<T>(
         figures: f,
     });
     if let (Call::Llm(_), Ok(_), Some(model)) = (call, &sent.result, &config.model) {
-        tally.observations.push(Observation {
-            step: w.site.step.clone(),
-            model: model.clone(),
-            device: config.device.clone(),
-            tokens_in: f.tokens_in,
-            tokens_out: f.tokens_out,
-            ttft_s: f.ttft_s,
-            latency_s: f.latency_s,
-            load_s: f.load_s,
-            turns: None,
-        });
+        tally
+            .observations
+            .push(Observation::of(&w.site.step, model, &config.device, &f));
     }
     Ok(judged)
 }

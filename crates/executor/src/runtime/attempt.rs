@@ -200,17 +200,12 @@ pub(super) async fn run_work(sh: Arc<Shared>, w: Work) -> Done {
                 Ok(v) => {
                     let mut d = done(&w, Ok(v), config.clone(), figures, attempts, started_s, end);
                     if let (Call::Llm(_), false, Some(model)) = (&call, cached, &config.model) {
-                        d.observations.push(Observation {
-                            step: w.site.step.clone(),
-                            model: model.clone(),
-                            device: config.device.clone(),
-                            tokens_in: f.tokens_in,
-                            tokens_out: f.tokens_out,
-                            ttft_s: f.ttft_s,
-                            latency_s: f.latency_s,
-                            load_s: f.load_s,
-                            turns: None,
-                        });
+                        d.observations.push(Observation::of(
+                            &w.site.step,
+                            model,
+                            &config.device,
+                            &f,
+                        ));
                     }
                     return d;
                 }

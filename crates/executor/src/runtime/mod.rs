@@ -126,6 +126,23 @@ pub struct Observation {
     pub turns: Option<u32>,
 }
 
+impl Observation {
+    /// A model call at `step` on `model` and `device` that ran with figures `f`.
+    pub(crate) fn of(step: &str, model: &str, device: &str, f: &Figures) -> Self {
+        Self {
+            step: step.to_string(),
+            model: model.to_string(),
+            device: device.to_string(),
+            tokens_in: f.tokens_in,
+            tokens_out: f.tokens_out,
+            ttft_s: f.ttft_s,
+            latency_s: f.latency_s,
+            load_s: f.load_s,
+            turns: None,
+        }
+    }
+}
+
 /// The end of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
