@@ -1,6 +1,7 @@
 //! End-to-end tests of the `joule` binary, one test binary: every command as a user runs it,
 //! real models (SmolLM2), real HTTP on loopback, real clients, and the architecture itself.
 
+mod agent;
 mod architecture;
 mod audit;
 mod bench;

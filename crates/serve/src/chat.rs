@@ -10,7 +10,8 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use joule_models::local::Generation;
 use joule_models::openai::convert::{
-    answer_instead, answer_of, finish_reason, repeats_answered, timings_of, to_local, usage_of,
+    answer_instead, answer_of, finish_reason, may_call, repeats_answered, timings_of, to_local,
+    usage_of,
 };
 use joule_models::openai::wire::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta,
@@ -49,7 +50,7 @@ pub(crate) async fn chat(
     };
     // With tools offered, a piece of the answer may turn out to be the start of a call, so the
     // answer is read whole before anything is sent.
-    let uses_tools = !local.tools.is_empty();
+    let uses_tools = may_call(&request);
     let id = format!("chatcmpl-{}", app.next_id.fetch_add(1, Ordering::Relaxed));
     let device = app.backend.device_id().to_string();
     let streaming = request.stream;

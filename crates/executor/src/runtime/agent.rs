@@ -26,6 +26,10 @@ use super::{ConfigRef, Event, Figures, Observation, check};
 /// (the audit log's hash covers the whole result).
 const MAX_RESULT_BYTES: usize = 4096;
 
+/// Told to the model with the results before its last turn.
+const LAST_TURN: &str =
+    "\n\n(No more tool calls: answer the question now, in plain words, from these results.)";
+
 /// What the executor needs to run one agent step's loop.
 pub(crate) struct Loop {
     /// The catalog tools the agent may call, as the model is offered them.
@@ -92,8 +96,9 @@ async fn converse(
         return Err(format!("refused by the policy: {reason}"));
     }
     let mut turns: Vec<Turn> = Vec::new();
-    // Calls already run, so a model that asks for one again is told to answer instead.
-    let mut answered: Vec<(String, Value)> = Vec::new();
+    // Calls already run and what they returned, so a model that asks for one again is given
+    // the result again and told to answer.
+    let mut answered: Vec<(String, Value, String)> = Vec::new();
     let mut last = false;
     for turn in 1..=agent.max_turns {
         last |= turn == agent.max_turns;
@@ -126,15 +131,21 @@ async fn converse(
             content: answer.text.clone(),
             tool_calls: uses.clone(),
         });
-        if uses
-            .iter()
-            .all(|u| answered.contains(&(u.name.clone(), u.arguments.clone())))
+        let earlier = |u: &ToolUse| {
+            answered
+                .iter()
+                .find(|(name, args, _)| *name == u.name && *args == u.arguments)
+                .map(|(_, _, content)| content.clone())
+        };
+        if let Some(results) = uses.iter().map(earlier).collect::<Option<Vec<_>>>()
+            && !uses.is_empty()
         {
-            // Small models re-ask for what they already have; the next turn must answer.
-            for u in &uses {
+            // Small models re-ask for what they already have: they get it again, and the next
+            // turn must answer.
+            for (u, content) in uses.iter().zip(results) {
                 turns.push(Turn::Tool {
                     id: u.id.clone(),
-                    content: "You already have this result above. Answer now.".into(),
+                    content: format!("{content}{LAST_TURN}"),
                 });
             }
             last = true;
@@ -142,11 +153,17 @@ async fn converse(
         }
         for u in &uses {
             let content = tool_turn(sh, w, agent, turn, u, tally).await?;
-            answered.push((u.name.clone(), u.arguments.clone()));
+            answered.push((u.name.clone(), u.arguments.clone(), content.clone()));
             turns.push(Turn::Tool {
                 id: u.id.clone(),
                 content,
             });
+        }
+        if turn + 1 == agent.max_turns
+            && let Some(Turn::Tool { content, .. }) = turns.last_mut()
+        {
+            // The next call offers no tools; a model not told so writes a call as its answer.
+            content.push_str(LAST_TURN);
         }
         over_budget(&agent.budget, tally, turn)?;
     }

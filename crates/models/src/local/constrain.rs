@@ -208,3 +208,42 @@ fn sample_row(
     let tensor = candle_core::Tensor::from_slice(row, row.len(), &candle_core::Device::Cpu)?;
     Ok(sampler.sample(&tensor)?)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Whether `grammar` accepts `text` whole, over a vocabulary of single bytes, so that the
+    /// grammar decides and no tokenizer's word boundaries do.
+    pub(crate) fn accepts(grammar: &Grammar, text: &str) -> bool {
+        let mut words: Vec<Vec<u8>> = (0u8..=254).map(|b| vec![b]).collect();
+        words.push(b"\xffeos".to_vec());
+        let info = TokRxInfo::new(words.len() as u32, 255);
+        let env: TokEnv = Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words)));
+        let mut factory = ParserFactory::new_simple(&env).expect("a byte vocabulary");
+        factory.quiet();
+        let parser = factory
+            .create_parser(TopLevelGrammar::from_lark(grammar.lark.clone()))
+            .unwrap_or_else(|e| panic!("{e}: {}", grammar.lark));
+        let mut matcher = Matcher::new(Ok(parser));
+        let tokens: Vec<u32> = text.bytes().map(u32::from).collect();
+        matcher.validate_tokens(&tokens).unwrap_or(0) == tokens.len()
+            && matcher.consume_tokens(&tokens).is_ok()
+            && matcher.is_accepting().unwrap_or(false)
+    }
+
+    #[test]
+    fn the_grammars_accept_what_they_say_and_nothing_else() {
+        let one = Grammar::one_of(&["bug".into(), "billing".into()]);
+        assert!(accepts(&one, "bug") && accepts(&one, "billing"));
+        assert!(!accepts(&one, "bugs") && !accepts(&one, "other"));
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "required": ["n"],
+        });
+        let g = Grammar::json_schema(&schema);
+        assert!(accepts(&g, r#"{"n": 7}"#));
+        assert!(!accepts(&g, r#"{"n": 12}"#) && !accepts(&g, r#"{"m": 1}"#));
+    }
+}

@@ -668,7 +668,14 @@ fn request_of(c: &joule_call::LlmCall) -> Request {
         joule_call::Constraint::OneOf(words) => Grammar::one_of(words),
         joule_call::Constraint::JsonSchema(schema) => Grammar::json_schema(schema),
     });
-    if c.tools.is_empty() {
+    let after_calls = c.turns.iter().any(
+        |t| matches!(t, joule_call::Turn::Assistant { tool_calls, .. } if !tool_calls.is_empty()),
+    );
+    if c.tools.is_empty() && after_calls {
+        // An agent's last turn: the model has used tools and must now answer, but a small
+        // model writes one more call as its reply unless the grammar says otherwise.
+        request.grammar = Some(tools::reply_only(reply.as_ref()));
+    } else if c.tools.is_empty() {
         request.grammar = reply;
     } else {
         let functions: Vec<tools::Function> = c

@@ -26,6 +26,10 @@ pub enum Choice {
     Required,
     /// A call of this function.
     Named(String),
+    /// No call: a reply. The tools stay in the prompt, so the model reads the conversation it
+    /// had with them, but an answer that begins like a call cannot be written (a small model
+    /// told to stop calling otherwise writes the call as its reply).
+    None,
 }
 
 /// A function the model may call: its name and its arguments' JSON Schema.
@@ -44,6 +48,9 @@ pub fn grammar(
     parallel: bool,
     reply: Option<&Grammar>,
 ) -> Grammar {
+    if *choice == Choice::None {
+        return reply_only(reply);
+    }
     let callable: Vec<&Function> = match choice {
         Choice::Named(name) => functions.iter().filter(|f| &f.name == name).collect(),
         _ => functions.iter().collect(),
@@ -81,12 +88,33 @@ pub fn grammar(
     // A call comes tagged, or as the bare JSON object small models often write instead; with
     // `auto` the answer may also be a reply, any text that does not begin like a call.
     let start = match (choice, reply.map(Grammar::renamed_start)) {
-        (Choice::Auto, None) => "start: tagged | call | REPLY\nREPLY: /[^<{](?s:.)*/\n".into(),
+        (Choice::Auto, None) => format!("start: tagged | call | REPLY\n{NOT_A_CALL}"),
         (Choice::Auto, Some(reply)) => format!("start: tagged | call | reply\n{reply}\n"),
         (Choice::Required | Choice::Named(_), _) => "start: tagged | call\n".to_string(),
+        (Choice::None, _) => unreachable!("answered above"),
     };
     Grammar {
         lark: format!("{start}{rules}"),
+    }
+}
+
+/// Any text that does not begin like a call (neither the tag nor a bare JSON object).
+const NOT_A_CALL: &str = "REPLY: /[^<{](?s:.)*/\n";
+
+/// Prose that holds no call anywhere: no tag, and no JSON object (a model told to stop
+/// calling writes its call after a word or a `>` when only the first character is barred).
+const PROSE: &str =
+    "PROSE: /[^<{](?s:.)*/ & ~(/(?s:.)*/ (\"<tool_call>\" | /\\{\\s*\"/) /(?s:.)*/)\n";
+
+/// The grammar of an answer that calls nothing: `reply` if the answer has a form of its own
+/// (a schema's JSON is not a call: it cannot name a function), otherwise prose with no call
+/// in it.
+pub fn reply_only(reply: Option<&Grammar>) -> Grammar {
+    match reply {
+        Some(reply) => reply.clone(),
+        None => Grammar {
+            lark: format!("start: PROSE\n{PROSE}"),
+        },
     }
 }
 
@@ -172,6 +200,7 @@ fn non_empty(text: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::constrain::tests::accepts;
     use super::*;
 
     #[test]
@@ -234,5 +263,34 @@ mod tests {
         let g = grammar(&functions, &Choice::Auto, true, None);
         assert!(g.lark.contains("REPLY"), "{}", g.lark);
         assert!(g.lark.contains("anyOf"), "{}", g.lark);
+    }
+
+    #[test]
+    fn a_turn_that_may_not_call_accepts_prose_and_no_call_anywhere_in_it() {
+        let functions = vec![Function {
+            name: "calc".into(),
+            parameters: json!({"type": "object", "properties": {"e": {"type": "string"}}}),
+        }];
+        let g = grammar(&functions, &Choice::None, true, None);
+        assert!(accepts(&g, "The refund is 49 dollars, back to the card."));
+        for call in [
+            r#"{"name": "calc", "arguments": {"e": "1+1"}}"#,
+            r#">{"name": "calc", "arguments": {"e": "1+1"}}"#,
+            "Sure: <tool_call>\n{\"name\": \"calc\"}",
+            r#"I will call { "name": "calc" }"#,
+        ] {
+            assert!(!accepts(&g, call), "{call}");
+        }
+        // A reply with a form of its own keeps it.
+        let one = Grammar::one_of(&["yes".into(), "no".into()]);
+        let g = grammar(&functions, &Choice::None, true, Some(&one));
+        assert!(accepts(&g, "no") && !accepts(&g, "maybe"));
+        // With `auto`, the same words are a call.
+        let g = grammar(&functions, &Choice::Auto, true, None);
+        assert!(accepts(
+            &g,
+            r#"{"name": "calc", "arguments": {"e": "1+1"}}"#
+        ));
+        assert!(!accepts(&g, r#"{"name": "calc", "arguments": {"x": "1"}}"#));
     }
 }

@@ -94,18 +94,17 @@ pub struct ToolUse {
     pub parallel: bool,
 }
 
-/// The request's tool use, or `None` when it offers none (or says `tool_choice: none`).
+/// The request's tool use, or `None` when it offers none.
 pub fn tool_use(request: &ChatRequest) -> Result<Option<ToolUse>, Refusal> {
     let tools = request.tools.as_deref().unwrap_or_default();
+    let none = matches!(&request.tool_choice, Some(ToolChoice::Mode(m)) if m == "none");
+    if tools.is_empty() && (request.tool_choice.is_none() || none) {
+        return Ok(None);
+    }
     let choice = match &request.tool_choice {
-        None => {
-            if tools.is_empty() {
-                return Ok(None);
-            }
-            Choice::Auto
-        }
+        None => Choice::Auto,
         Some(ToolChoice::Mode(mode)) => match mode.as_str() {
-            "none" => return Ok(None),
+            "none" => Choice::None,
             "auto" => Choice::Auto,
             "required" => Choice::Required,
             other => {
@@ -538,6 +537,12 @@ pub fn answer_instead(request: &ChatRequest) -> Result<Request, Refusal> {
     let mut plain = request.clone();
     plain.tool_choice = Some(ToolChoice::Mode("none".into()));
     to_local(&plain)
+}
+
+/// Whether the answer to `request` may hold tool calls (it offers tools, and not with
+/// `tool_choice: none`): such an answer is read whole and parsed for calls.
+pub fn may_call(request: &ChatRequest) -> bool {
+    matches!(tool_use(request), Ok(Some(t)) if t.choice != Choice::None)
 }
 
 /// A finished generation's timings, as a `joule serve` peer reports them.
