@@ -48,6 +48,38 @@ fn the_official_openai_client_chats_and_streams() {
     assert_eq!(stream["finish_reason"], "stop");
     assert_eq!(stream["completion_tokens"], chat["completion_tokens"]);
 
+    // Log-probabilities: the tokens spell the answer, each greedy pick is its step's likeliest
+    // token, and the alternatives are ranked.
+    let scored = &seen["logprobs"];
+    let tokens = scored["tokens"].as_array().unwrap();
+    assert!(!tokens.is_empty(), "{scored}");
+    let spelled: String = tokens
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(spelled, scored["content"].as_str().unwrap(), "{scored}");
+    assert!(chat["content"].as_str().unwrap().starts_with(&spelled));
+    for t in tokens {
+        let lp = t["logprob"].as_f64().unwrap();
+        let top: Vec<(&str, f64)> = t["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a[0].as_str().unwrap(), a[1].as_f64().unwrap()))
+            .collect();
+        assert_eq!(top.len(), 3, "{t}");
+        assert!(lp <= 0.0 && top.windows(2).all(|w| w[0].1 >= w[1].1), "{t}");
+        assert_eq!(
+            (top[0].0, top[0].1),
+            (t["token"].as_str().unwrap(), lp),
+            "{t}"
+        );
+        assert_eq!(
+            t["bytes"].as_array().unwrap().len(),
+            t["token"].as_str().unwrap().len()
+        );
+    }
+
     let models: Vec<&str> = seen["models"]
         .as_array()
         .unwrap()
@@ -403,6 +435,53 @@ fn api_keys_cors_one_model_and_text_completions() {
         "{first}"
     );
     assert_eq!(complete(body).1["choices"][0]["text"], text);
+    // Legacy log-probabilities: one entry per token, offsets into the text.
+    let (status, scored) = complete(
+        json!({"model": "smollm2-135m", "prompt": "The capital of France is", "max_tokens": 8, "logprobs": 2}),
+    );
+    assert_eq!(status, 200, "{scored}");
+    let lp = &scored["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), text, "{lp}");
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets.len(), tokens.len());
+    assert!(
+        offsets.first() == Some(&0) && offsets.windows(2).all(|w| w[0] < w[1]),
+        "{lp}"
+    );
+    assert!(
+        lp["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.as_object().unwrap().len() <= 2),
+        "{lp}"
+    );
+    for (tail, param) in [
+        (json!({"logprobs": 9}), "logprobs"),
+        (json!({"logprobs": 1, "stream": true}), "logprobs"),
+    ] {
+        let mut body = json!({"model": "smollm2-135m", "prompt": "x"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(tail.as_object().unwrap().clone());
+        let (status, refused) = complete(body);
+        assert_eq!(
+            (status, refused["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{refused}"
+        );
+    }
     let (status, refused) = complete(json!({"model": "smollm2-135m", "prompt": "x", "echo": true}));
     assert_eq!(
         (status, refused["error"]["param"].as_str()),

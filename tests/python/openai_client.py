@@ -26,6 +26,22 @@ out["chat"] = {
     "total_tokens": chat.usage.total_tokens,
 }
 
+scored = client.chat.completions.create(
+    model=model, messages=messages, max_tokens=12, logprobs=True, top_logprobs=3
+)
+out["logprobs"] = {
+    "content": scored.choices[0].message.content,
+    "tokens": [
+        {
+            "token": t.token,
+            "logprob": t.logprob,
+            "bytes": t.bytes,
+            "top": [[a.token, a.logprob] for a in t.top_logprobs],
+        }
+        for t in scored.choices[0].logprobs.content
+    ],
+}
+
 pieces = []
 finish = None
 usage = None

@@ -10,8 +10,8 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use joule_models::local::Generation;
 use joule_models::openai::convert::{
-    answer_instead, answer_of, finish_reason, may_call, repeats_answered, timings_of, to_local,
-    usage_of,
+    answer_instead, answer_of, chat_logprobs_of, finish_reason, may_call, repeats_answered,
+    timings_of, to_local, usage_of,
 };
 use joule_models::openai::wire::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta,
@@ -63,6 +63,7 @@ pub(crate) async fn chat(
     };
     let finish = finish_of(&g, &calls);
     if !streaming {
+        let logprobs = chat_logprobs_of(&request, &g);
         return axum::Json(ChatResponse {
             id,
             object: "chat.completion".into(),
@@ -76,6 +77,7 @@ pub(crate) async fn chat(
                     ..ChatMessage::text("assistant", "")
                 },
                 finish_reason: Some(finish),
+                logprobs,
             }],
             usage: usage_of(&g),
             joule: Some(timings_of(&g, &device)),

@@ -8,7 +8,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use joule_models::openai::convert::{completion_to_local, finish_reason, usage_of};
+use joule_models::openai::convert::{
+    completion_logprobs_of, completion_to_local, finish_reason, usage_of,
+};
 use joule_models::openai::wire::{
     CompletionChoice, CompletionRequest, CompletionResponse, ErrorBody, Usage,
 };
@@ -42,7 +44,10 @@ pub(crate) async fn complete(
     let created = now();
     let model = request.model.clone();
     let response =
-        move |text: String, finish: Option<String>, usage: Option<Usage>| CompletionResponse {
+        move |text: String,
+              finish: Option<String>,
+              usage: Option<Usage>,
+              logprobs: Option<serde_json::Value>| CompletionResponse {
             id: id.clone(),
             object: "text_completion".into(),
             created,
@@ -53,7 +58,7 @@ pub(crate) async fn complete(
                 vec![CompletionChoice {
                     index: 0,
                     text,
-                    logprobs: None,
+                    logprobs,
                     finish_reason: finish,
                 }]
             },
@@ -65,6 +70,7 @@ pub(crate) async fn complete(
                 g.text.clone(),
                 Some(finish_reason(g.finish_reason).into()),
                 Some(usage_of(&g)),
+                completion_logprobs_of(&request, &g),
             ))
             .into_response(),
             Err(r) => r,
@@ -89,15 +95,21 @@ pub(crate) async fn complete(
             };
             let Some(note) = note else { break };
             let events = match note {
-                Note::Text(text) => vec![event(response(text, None, None))],
+                Note::Text(text) => vec![event(response(text, None, None, None))],
                 Note::Done(g) => {
                     let mut events = vec![event(response(
                         String::new(),
                         Some(finish_reason(g.finish_reason).into()),
                         None,
+                        None,
                     ))];
                     if include_usage {
-                        events.push(event(response(String::new(), None, Some(usage_of(&g)))));
+                        events.push(event(response(
+                            String::new(),
+                            None,
+                            Some(usage_of(&g)),
+                            None,
+                        )));
                     }
                     events.push(Event::default().data("[DONE]"));
                     events

@@ -23,6 +23,7 @@ use joule_infer::{Feed, KvPool, Model, Sequence};
 use serde::Serialize;
 
 use super::constrain::Guide;
+use super::logprobs::TokenLogprob;
 
 /// Prompt tokens fed per step across all sequences still prefilling: enough for the products
 /// to reach their tiled speed, few enough that decoding streams wait one short step.
@@ -38,6 +39,8 @@ pub(crate) struct Job {
     pub stop_ids: Vec<u32>,
     /// The answer's grammar, if it has one: tokens it forbids are masked before sampling.
     pub guide: Option<Guide>,
+    /// Log-probabilities wanted: of each token and of this many alternatives.
+    pub logprobs: Option<usize>,
     pub events: Sender<Event>,
     /// Set by the caller to end the sequence at the next step.
     pub cancel: Arc<AtomicBool>,
@@ -50,8 +53,9 @@ pub(crate) enum Event {
         queue_s: f64,
         cached_tokens: usize,
     },
-    /// A sampled token, and (for the first) when the prompt was done.
-    Token(u32),
+    /// A sampled token (the first says the prompt is done), with its log-probabilities when
+    /// the request asked for them.
+    Token(u32, Option<TokenLogprob>),
     Failed(String),
 }
 
@@ -336,8 +340,9 @@ impl Engine {
                 continue;
             }
             let row = &mut logits[row * vocab..(row + 1) * vocab];
-            let token = super::constrain::sample(a.job.guide.as_mut(), row, &mut a.sampler);
-            let token = match token {
+            let sampled =
+                super::constrain::sample(a.job.guide.as_mut(), row, &mut a.sampler, a.job.logprobs);
+            let (token, logprob) = match sampled {
                 Ok(t) => t,
                 Err(e) => {
                     let _ = a.job.events.send(Event::Failed(e.to_string()));
@@ -346,7 +351,7 @@ impl Engine {
                 }
             };
             a.generated += 1;
-            let listening = a.job.events.send(Event::Token(token)).is_ok();
+            let listening = a.job.events.send(Event::Token(token, logprob)).is_ok();
             if !listening || a.generated >= a.job.max_tokens || a.job.stop_ids.contains(&token) {
                 done.push(*i);
             } else {

@@ -16,6 +16,7 @@ use llguidance::{Matcher, ParserFactory};
 use serde::{Deserialize, Serialize};
 
 use super::LocalError;
+use super::logprobs::{Ranked, TokenLogprob};
 use super::tokenizer::Tokenizer;
 
 /// What an answer must match, in llguidance's Lark dialect (which embeds JSON Schema as
@@ -186,19 +187,30 @@ impl Guide {
 }
 
 /// Both engines' sampling step under an optional guide: the row masked, one token sampled,
-/// the guide advanced.
+/// the guide advanced; with `logprobs: Some(n)`, the token's log-probability and the `n`
+/// likeliest tokens, read from the row before the mask.
 pub(crate) fn sample(
     guide: Option<&mut Guide>,
     row: &mut [f32],
     sampler: &mut candle_transformers::generation::LogitsProcessor,
-) -> Result<u32, LocalError> {
-    let Some(guide) = guide else {
-        return sample_row(row, sampler);
+    logprobs: Option<usize>,
+) -> Result<(u32, Option<TokenLogprob>), LocalError> {
+    let ranked = logprobs.map(|n| Ranked::of(row, n));
+    let token = match guide {
+        None => sample_row(row, sampler)?,
+        Some(guide) => {
+            guide.mask(row)?;
+            let token = sample_row(row, sampler)?;
+            guide.commit(token)?;
+            token
+        }
     };
-    guide.mask(row)?;
-    let token = sample_row(row, sampler)?;
-    guide.commit(token)?;
-    Ok(token)
+    // The mask never touches the token it allows, so its logit is still the raw one.
+    let logit = row
+        .get(token as usize)
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY);
+    Ok((token, ranked.map(|r| r.pick(token, logit))))
 }
 
 fn sample_row(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::constrain::{Grammar, Guide};
+use super::logprobs::TokenLogprob;
 use super::tokenizer::TextStream;
 
 /// What to generate. Greedy by default, so the same request gives the same answer.
@@ -43,6 +44,10 @@ pub struct Request {
     /// What the answer must match; generated under a token mask so that it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grammar: Option<Grammar>,
+    /// Log-probabilities of each answer token and of its step's `n` likeliest tokens
+    /// ([`super::logprobs`]); `None` costs nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
     /// Set by the caller to give the request up, including while it waits for room in a
     /// batching engine (a callback only runs once tokens come); the engine drops it at its
     /// next step.
@@ -72,6 +77,7 @@ impl Request {
             fit_context: false,
             tools: Vec::new(),
             grammar: None,
+            logprobs: None,
             cancel: None,
         }
     }
@@ -132,6 +138,10 @@ pub struct Generation {
     pub load_s: f64,
     /// Seconds waited for the model while other requests used it.
     pub queue_s: f64,
+    /// Each answer token's log-probabilities, when the request asked for them (end tokens
+    /// and tokens after a stop string are not part of the answer and not listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Whether the caller wants more tokens.
@@ -251,6 +261,7 @@ pub(crate) struct Decoder<'a> {
     started: Instant,
     first_token_at: Option<f64>,
     decode_started: Option<Instant>,
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl<'a> Decoder<'a> {
@@ -276,11 +287,17 @@ impl<'a> Decoder<'a> {
             started,
             first_token_at: None,
             decode_started: None,
+            logprobs: Vec::new(),
         }
     }
 
-    /// Takes the next sampled token; `false` once the answer is complete.
-    pub(crate) fn push(&mut self, token: u32) -> Result<bool, LocalError> {
+    /// Takes the next sampled token (and its log-probabilities, if asked for); `false` once
+    /// the answer is complete.
+    pub(crate) fn push(
+        &mut self,
+        token: u32,
+        logprob: Option<TokenLogprob>,
+    ) -> Result<bool, LocalError> {
         self.generated += 1;
         if self.first_token_at.is_none() {
             self.first_token_at = Some(self.started.elapsed().as_secs_f64());
@@ -291,10 +308,17 @@ impl<'a> Decoder<'a> {
             return Ok(false);
         }
         let piece = self.stream.push(&self.model.tokenizer, token)?;
+        let before = self.text.len();
         self.text.push_str(&piece);
         let (hit, held) = scan_stops(&self.text, &self.request.stop);
         if let Some(at) = hit {
             self.text.truncate(at);
+        }
+        // A token the stop string begins in is not part of the answer.
+        if let Some(lp) = logprob
+            && hit.is_none_or(|at| at > before)
+        {
+            self.logprobs.push(lp.spelled(&self.model.tokenizer));
         }
         let safe = if hit.is_some() {
             self.text.len()
@@ -343,6 +367,7 @@ impl<'a> Decoder<'a> {
             wall_s,
             load_s: 0.0,
             queue_s: 0.0,
+            logprobs: self.logprobs,
         }
     }
 }
@@ -365,17 +390,16 @@ pub(crate) fn run(
     let prefill_s = started.elapsed().as_secs_f64();
     let mut pos = prompt.len();
     loop {
-        let token = match guide.as_mut() {
-            None => sampler.sample(&logits)?,
-            Some(guide) => {
-                let mut row = logits
-                    .to_dtype(candle_core::DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                super::constrain::sample(Some(guide), &mut row, &mut sampler)?
-            }
+        let (token, logprob) = if guide.is_none() && request.logprobs.is_none() {
+            (sampler.sample(&logits)?, None)
+        } else {
+            let mut row = logits
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            super::constrain::sample(guide.as_mut(), &mut row, &mut sampler, request.logprobs)?
         };
-        if !decoder.push(token)? {
+        if !decoder.push(token, logprob)? {
             break;
         }
         logits = engine.forward(&[token], pos, &model.device)?;

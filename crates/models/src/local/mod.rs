@@ -13,6 +13,7 @@ pub mod chat;
 pub mod constrain;
 pub mod engine;
 pub mod generate;
+pub mod logprobs;
 pub mod tokenizer;
 pub mod tools;
 
@@ -289,6 +290,7 @@ impl LoadedModel {
             seed: request.seed,
             stop_ids: self.stop_ids(request).to_vec(),
             guide: prepared.guide.clone(),
+            logprobs: request.logprobs,
             events,
             cancel: cancel.clone(),
         };
@@ -307,16 +309,16 @@ impl LoadedModel {
                     "cancelled while it waited for room in the engine".into(),
                 ));
             }
-            Ok(Event::Token(_)) | Err(_) => return Err(stopped()),
+            Ok(Event::Token(..)) | Err(_) => return Err(stopped()),
         };
         let started = Instant::now();
         let mut decoder = generate::Decoder::new(self, prepared, request, on_text, started);
         let mut prefill_s = None;
         loop {
             match answers.recv() {
-                Ok(Event::Token(token)) => {
+                Ok(Event::Token(token, logprob)) => {
                     prefill_s.get_or_insert_with(|| started.elapsed().as_secs_f64());
-                    if !decoder.push(token)? {
+                    if !decoder.push(token, logprob)? {
                         break;
                     }
                 }

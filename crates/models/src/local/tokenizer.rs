@@ -236,6 +236,11 @@ impl Tokenizer {
             .map_err(|e| LocalError::Tokenizer(e.to_string()))
     }
 
+    /// One token as text, special tokens included (as `<|im_end|>`), for log-probabilities.
+    pub fn spell(&self, id: u32) -> String {
+        self.inner.decode(&[id], false).unwrap_or_default()
+    }
+
     /// The vocabulary entry of an id, as spelled in the GGUF file.
     pub fn token(&self, id: u32) -> Option<&str> {
         self.vocab.get(id as usize).map(String::as_str)

@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use super::wire::{
-    ChatMessage, ChatRequest, CompletionRequest, Content, FunctionCall, PromptText, ResponseFormat,
-    Stop, Timings, ToolCall, ToolChoice, Usage,
+    ChatMessage, ChatRequest, ChoiceLogprobs, CompletionRequest, Content, FunctionCall, PromptText,
+    ResponseFormat, Stop, Timings, TokenLogprobs, ToolCall, ToolChoice, TopLogprob, Usage,
 };
 use crate::local::chat::{CalledFunction, MessageToolCall};
 use crate::local::tools::{self, Choice, Function};
@@ -287,17 +287,7 @@ pub fn to_local(request: &ChatRequest) -> Result<Request, Refusal> {
     if request.n.is_some_and(|n| n != 1) {
         return Err(Refusal::unsupported("n", "only `n: 1` is supported"));
     }
-    if request.logprobs == Some(true) || request.top_logprobs.is_some_and(|n| n > 0) {
-        let param = if request.logprobs == Some(true) {
-            "logprobs"
-        } else {
-            "top_logprobs"
-        };
-        return Err(Refusal::unsupported(
-            param,
-            format!("`{param}` is not supported by joule serve yet; leave it out"),
-        ));
-    }
+    let logprobs = chat_logprobs(request)?;
     let messages = request
         .messages
         .iter()
@@ -335,8 +325,83 @@ pub fn to_local(request: &ChatRequest) -> Result<Request, Refusal> {
     Ok(Request {
         tools: offered,
         grammar,
+        logprobs,
         ..limits.request(Prompt::Chat(messages), request.seed)
     })
+}
+
+/// The most alternatives a token's log-probabilities list: OpenAI's limits.
+const MAX_TOP_LOGPROBS: u32 = 20;
+const MAX_COMPLETION_LOGPROBS: u32 = 5;
+
+/// How many alternatives per token a chat request wants log-probabilities of, if any.
+fn chat_logprobs(request: &ChatRequest) -> Result<Option<usize>, Refusal> {
+    let wanted = request.logprobs == Some(true);
+    match request.top_logprobs {
+        Some(n) if n > MAX_TOP_LOGPROBS => {
+            return Err(Refusal::new(
+                "top_logprobs",
+                format!("`top_logprobs` {n} is outside 0..{MAX_TOP_LOGPROBS}"),
+            ));
+        }
+        Some(n) if n > 0 && !wanted => {
+            return Err(Refusal::new(
+                "top_logprobs",
+                "`top_logprobs` needs `logprobs: true`",
+            ));
+        }
+        _ => {}
+    }
+    if wanted && request.stream {
+        return Err(Refusal::unsupported(
+            "logprobs",
+            "`logprobs` with `stream: true` is not supported yet; ask without streaming",
+        ));
+    }
+    Ok(wanted.then(|| request.top_logprobs.unwrap_or(0) as usize))
+}
+
+/// A chat answer's log-probabilities in OpenAI's form, when they were asked for.
+pub fn chat_logprobs_of(request: &ChatRequest, g: &Generation) -> Option<ChoiceLogprobs> {
+    (request.logprobs == Some(true)).then(|| ChoiceLogprobs {
+        content: g
+            .logprobs
+            .iter()
+            .map(|t| TokenLogprobs {
+                token: t.text.clone(),
+                logprob: t.logprob,
+                bytes: t.text.as_bytes().to_vec(),
+                top_logprobs: t
+                    .top
+                    .iter()
+                    .map(|a| TopLogprob {
+                        token: a.text.clone(),
+                        logprob: a.logprob,
+                        bytes: a.text.as_bytes().to_vec(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+/// A text completion's log-probabilities in the legacy form, when they were asked for.
+pub fn completion_logprobs_of(request: &CompletionRequest, g: &Generation) -> Option<Value> {
+    request.logprobs?;
+    let mut offset = 0;
+    let mut offsets = Vec::with_capacity(g.logprobs.len());
+    for t in &g.logprobs {
+        offsets.push(offset);
+        offset += t.text.len();
+    }
+    Some(serde_json::json!({
+        "tokens": g.logprobs.iter().map(|t| &t.text).collect::<Vec<_>>(),
+        "token_logprobs": g.logprobs.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        "top_logprobs": g.logprobs.iter().map(|t| {
+            t.top.iter().map(|a| (a.text.clone(), Value::from(a.logprob))).collect::<serde_json::Map<_, _>>()
+        }).collect::<Vec<_>>(),
+        "text_offset": offsets,
+    }))
 }
 
 /// The sampling limits chat and text completions share, checked.
@@ -410,6 +475,7 @@ impl Limits {
             fit_context: self.max_tokens.is_none(),
             tools: Vec::new(),
             grammar: None,
+            logprobs: None,
             cancel: None,
         }
     }
@@ -444,11 +510,29 @@ pub fn completion_to_local(request: &CompletionRequest) -> Result<Request, Refus
         request.top_p,
         request.stop.as_ref(),
     )?;
-    Ok(limits.request(Prompt::Text(prompt), request.seed))
+    match request.logprobs {
+        Some(n) if n > MAX_COMPLETION_LOGPROBS => {
+            return Err(Refusal::new(
+                "logprobs",
+                format!("`logprobs` {n} is outside 0..{MAX_COMPLETION_LOGPROBS}"),
+            ));
+        }
+        Some(_) if request.stream => {
+            return Err(Refusal::unsupported(
+                "logprobs",
+                "`logprobs` with `stream: true` is not supported yet; ask without streaming",
+            ));
+        }
+        _ => {}
+    }
+    Ok(Request {
+        logprobs: request.logprobs.map(|n| n as usize),
+        ..limits.request(Prompt::Text(prompt), request.seed)
+    })
 }
 
 /// A text completion's extra parameters: those that ask for nothing pass (`echo: false`,
-/// `best_of: 1`, a null `suffix` or `logprobs`), the rest are refused by name.
+/// `best_of: 1`), the rest are refused by name.
 fn refuse_unsupported_completion(extra: &serde_json::Map<String, Value>) -> Result<(), Refusal> {
     let asks_nothing = |key: &str, value: &Value| match key {
         "echo" => value == &Value::Bool(false),
@@ -663,7 +747,9 @@ mod tests {
         let base = r#"{"model":"m","messages":[{"role":"user","content":"x"}]"#;
         for (tail, param) in [
             (r#","presence_penalty":0.5}"#, "presence_penalty"),
-            (r#","logprobs":true}"#, "logprobs"),
+            (r#","logprobs":true,"stream":true}"#, "logprobs"),
+            (r#","top_logprobs":3}"#, "top_logprobs"),
+            (r#","logprobs":true,"top_logprobs":21}"#, "top_logprobs"),
             (r#","modalities":["audio"]}"#, "modalities"),
             (r#","tool_choice":"required"}"#, "tool_choice"),
             (
@@ -686,9 +772,14 @@ mod tests {
             );
         }
         // Neutral values and nulls ask for nothing and pass.
-        let json =
-            format!(r#"{base},"presence_penalty":0,"user":"u1","logit_bias":null,"store":false}}"#);
-        to_local(&serde_json::from_str::<ChatRequest>(&json).unwrap()).unwrap();
+        let json = format!(
+            r#"{base},"presence_penalty":0,"user":"u1","logit_bias":null,"store":false,"logprobs":false}}"#
+        );
+        let r = to_local(&serde_json::from_str::<ChatRequest>(&json).unwrap()).unwrap();
+        assert_eq!(r.logprobs, None);
+        let json = format!(r#"{base},"logprobs":true,"top_logprobs":3}}"#);
+        let r = to_local(&serde_json::from_str::<ChatRequest>(&json).unwrap()).unwrap();
+        assert_eq!(r.logprobs, Some(3));
     }
 
     #[test]

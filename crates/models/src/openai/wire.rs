@@ -251,6 +251,31 @@ pub struct Choice {
     pub index: u32,
     pub message: ChatMessage,
     pub finish_reason: Option<String>,
+    /// Present when the request asked for `logprobs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+/// A chat answer's log-probabilities, token by token.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct ChoiceLogprobs {
+    pub content: Vec<TokenLogprobs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct TokenLogprobs {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    /// The step's likeliest tokens, best first (`top_logprobs` of them).
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
@@ -330,6 +355,9 @@ pub struct CompletionRequest {
     pub stream: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// Log-probabilities of each token and of this many alternatives (0..5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
     /// Every other field, refused by name unless it asks for nothing.
     #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
@@ -358,7 +386,8 @@ pub struct CompletionResponse {
 pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
-    /// Always `null`: joule does not return log probabilities.
+    /// The legacy form (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`) when the
+    /// request asked for `logprobs`, otherwise `null`.
     pub logprobs: Option<Value>,
     pub finish_reason: Option<String>,
 }
