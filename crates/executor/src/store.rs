@@ -19,7 +19,7 @@ use joule_planner::plan::Plan;
 
 use crate::recorded::Recording;
 use crate::report::Report;
-use crate::runtime::{ConfigRef, Event, Prior, Record, RunStatus, Sink, SinkError};
+use crate::runtime::{ConfigRef, Event, Figures, Prior, Record, RunStatus, Sink, SinkError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -396,7 +396,41 @@ impl Store {
             .into_iter()
             .filter(|(site, (_, answer))| answer.is_ok() && !prior.steps.contains_key(&site.step))
             .collect();
+        let mut spent = self.spent(id)?;
+        spent.retain(|site, _| prior.calls.contains_key(site));
+        prior.spent = spent;
         Ok(prior)
+    }
+
+    /// What every attempt of a run cost, by call site.
+    pub fn spent(&self, id: &str) -> Result<HashMap<Site, Figures>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT step, idx, attempt, figures FROM attempts WHERE run_id = ?1")?;
+        let mut out = HashMap::new();
+        for row in stmt.query_map([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })? {
+            let (step, i, attempt, figures) = row?;
+            let site = Site {
+                step,
+                index: (i >= 0).then_some(i as usize),
+                attempt,
+            };
+            let figures = serde_json::from_value(parse("figures", &figures)?).map_err(|e| {
+                StoreError::Corrupt {
+                    what: "figures".into(),
+                    message: e.to_string(),
+                }
+            })?;
+            out.insert(site, figures);
+        }
+        Ok(out)
     }
 
     /// Every attempt of a run, for a replay: what was sent, and what came back.

@@ -36,9 +36,9 @@ pub(crate) struct Loop {
     pub(crate) functions: Vec<Function>,
     pub(crate) max_turns: u32,
     pub(crate) budget: Budget,
-    /// The calls this loop made in the run being resumed, by attempt: what was sent and the
-    /// answer that came back (successful ones only).
-    pub(crate) recorded: HashMap<u32, (Value, Answer)>,
+    /// The calls this loop made in the run being resumed, by attempt: what was sent, the
+    /// answer that came back (successful ones only) and what it cost.
+    pub(crate) recorded: HashMap<u32, (Value, Answer, Figures)>,
 }
 
 /// The loop's running totals.
@@ -319,10 +319,12 @@ async fn attempt_of<T>(
         ..w.site.clone()
     };
     let call_json = serde_json::to_value(call).unwrap_or_default();
-    if let Some((sent, answer)) = agent.recorded.get(&site.attempt)
+    if let Some((sent, answer, spent)) = agent.recorded.get(&site.attempt)
         && *sent == call_json
     {
-        // Finished before the kill: its events are in the store already.
+        // Finished before the kill: its events are in the store already, and what it cost
+        // is part of the step's cost.
+        tally.figures.absorb(spent);
         return Ok(judge(answer).map(|v| (answer.clone(), v)));
     }
     let Some(sent) = send(sh, &site, call, call_json, None, w.timeout_s).await else {

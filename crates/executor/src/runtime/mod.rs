@@ -52,6 +52,9 @@ pub struct Prior {
     /// The successful attempts of steps that had not finished, by call site: an agent's loop
     /// takes the calls it already made from here instead of making them again.
     pub calls: crate::recorded::Recording,
+    /// What each of those calls cost, so a resumed agent step's totals count the calls it
+    /// reuses as its report would have had the run not stopped.
+    pub spent: HashMap<Site, Figures>,
 }
 
 /// Everything one run needs.
@@ -700,7 +703,11 @@ impl Executor {
             .iter()
             .filter(|(site, _)| site.step == step.id && site.index == index)
             .filter_map(|(site, (call, answer))| {
-                Some((site.attempt, (call.clone(), answer.as_ref().ok()?.clone())))
+                let spent = job.prior.spent.get(site).cloned().unwrap_or_default();
+                Some((
+                    site.attempt,
+                    (call.clone(), answer.as_ref().ok()?.clone(), spent),
+                ))
             })
             .collect();
         Some(agent::Loop {

@@ -204,6 +204,8 @@ async fn an_agent_loop_is_policed_resumed_without_repeating_tools_and_replayed()
         .filter(|(site, (_, answer))| answer.is_ok() && site.attempt < 4)
         .collect();
     assert_eq!(prior.calls.len(), 3, "model turn 1, random, echo");
+    prior.spent = store.spent(&id).unwrap();
+    prior.spent.retain(|site, _| prior.calls.contains_key(site));
     store.reopen_run(&id).unwrap();
     let model_calls = model.calls.load(Ordering::SeqCst);
     let mut events = Events::default();
@@ -216,6 +218,13 @@ async fn an_agent_loop_is_policed_resumed_without_repeating_tools_and_replayed()
     assert_eq!(resumed.outputs["answer"], answer.as_str());
     assert_eq!(started(&events), [(4, "model".to_string())]);
     assert_eq!(model.calls.load(Ordering::SeqCst), model_calls + 1);
+    // The reused calls count in the step's cost: both model turns' tokens, as the first run.
+    let tokens = |o: &joule_executor::runtime::Outcome| {
+        let s = o.steps.iter().find(|s| s.id == "research").unwrap();
+        (s.figures.tokens_in, s.figures.tokens_out)
+    };
+    assert_eq!(tokens(&resumed), tokens(&first));
+    assert_eq!(tokens(&first), (80, 16));
 
     // A replay answers every attempt from the record and checks each call is the one sent.
     let replayer = Executor::new(
