@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use joule_models::local::{Flow, LoadOptions, LoadedModel, Prompt, Request};
-use joule_models::store::State;
-use joule_planner::catalog::Catalog;
+mod common;
 
 const PROMPT_TOKENS: usize = 64;
 
@@ -56,44 +55,20 @@ fn stream(model: &LoadedModel, tokens: Vec<u32>, max_tokens: usize) -> (Vec<f64>
 }
 
 fn main() {
-    // SAFETY: first thing in `main`, before any thread is started (as `joule` does).
-    unsafe { joule_app::settings::fit_pool_to_cpus() };
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let per_stream: usize = std::env::var("JOULE_BENCH_TOKENS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    let catalog = Catalog::builtin();
-    let settings = joule_app::Settings::from_env().unwrap_or_else(|e| panic!("{e}"));
-    let store = settings.model_store();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bench = common::start();
+    let per_stream = common::count("JOULE_BENCH_TOKENS", 64);
+    let threads = bench.threads;
     println!(
         "batched decoding on cpu ({threads} threads), {per_stream} tokens per stream after a {PROMPT_TOKENS}-token prompt"
     );
-    for entry in catalog.models.iter().filter(|m| m.source.is_some()) {
-        if !args.is_empty() && !args.contains(&entry.id) {
-            continue;
-        }
-        let path = match store.state(entry) {
-            Ok(State::Present { path, .. }) => path,
-            other => {
-                println!(
-                    "{:<20} not downloaded ({other:?}); `joule models fetch {}`",
-                    entry.id, entry.id
-                );
-                continue;
-            }
-        };
+    for (id, path) in bench.models() {
         let model = Arc::new(
             LoadedModel::load(
-                &entry.id,
+                &id,
                 &path,
                 &candle_core::Device::Cpu,
                 LoadOptions {
-                    ..settings.load_options()
+                    ..bench.settings.load_options()
                 },
             )
             .unwrap(),
@@ -102,7 +77,7 @@ fn main() {
         let file = std::fs::metadata(&path).map_or(0, |m| m.len());
         println!(
             "{}: resident {:.0} MB for a {:.0} MB file ({:.2}x)",
-            entry.id,
+            id,
             rss as f64 / 1e6,
             file as f64 / 1e6,
             rss as f64 / file as f64

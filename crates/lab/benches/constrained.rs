@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use joule_models::local::tools::{self, Choice, Function};
 use joule_models::local::{Flow, Generation, Grammar, LoadedModel, Message, Request};
-use joule_models::store::State;
-use joule_planner::catalog::Catalog;
+mod common;
 use serde_json::json;
 
 const PROMPT: &str = "List twenty things a support agent checks before refunding a customer, \
@@ -65,16 +64,8 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    // SAFETY: first thing in `main`, before any thread is started (as `joule` does).
-    unsafe { joule_app::settings::fit_pool_to_cpus() };
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let cap: usize = std::env::var("JOULE_BENCH_TOKENS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(96);
+    let bench = common::start();
+    let cap = common::count("JOULE_BENCH_TOKENS", 96);
     let schema = json!({
         "type": "object",
         "properties": {"checks": {"type": "array", "items": {"type": "string", "maxLength": 60}}},
@@ -89,31 +80,15 @@ fn main() {
         false,
         None,
     );
-    let catalog = Catalog::builtin();
-    let settings = joule_app::Settings::from_env().unwrap_or_else(|e| panic!("{e}"));
-    let store = settings.model_store();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = bench.threads;
     println!("constrained decoding on cpu ({threads} threads), answers of up to {cap} tokens");
-    for entry in catalog.models.iter().filter(|m| m.source.is_some()) {
-        if !args.is_empty() && !args.contains(&entry.id) {
-            continue;
-        }
-        let path = match store.state(entry) {
-            Ok(State::Present { path, .. }) => path,
-            other => {
-                println!(
-                    "{:<20} not downloaded ({other:?}); `joule models fetch {}`",
-                    entry.id, entry.id
-                );
-                continue;
-            }
-        };
+    for (id, path) in bench.models() {
         let model = Arc::new(
             LoadedModel::load(
-                &entry.id,
+                &id,
                 &path,
                 &candle_core::Device::Cpu,
-                settings.load_options(),
+                bench.settings.load_options(),
             )
             .unwrap(),
         );
@@ -122,7 +97,7 @@ fn main() {
             &model,
             &request(4, Some(Grammar::json_schema(&schema)), false),
         );
-        println!("{}:", entry.id);
+        println!("{id}:");
         println!(
             "{:<12} {:>7} {:>8} {:>12} {:>10} {:>14} {:>10}",
             "form", "streams", "tokens", "decode tok/s", "ms/token", "free tok/s", "cost"

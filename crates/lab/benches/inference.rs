@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use joule_models::local::{Flow, LoadedModel, Prompt, Request};
-use joule_models::store::State;
-use joule_planner::catalog::Catalog;
+
+mod common;
 
 const PROMPT_TOKENS: usize = 128;
 const DECODE_TOKENS: usize = 128;
@@ -35,50 +35,24 @@ fn request_for(tokens: Vec<u32>, max_tokens: usize) -> Request {
 }
 
 fn main() {
-    // SAFETY: first thing in `main`, before any thread is started (as `joule` does).
-    unsafe { joule_app::settings::fit_pool_to_cpus() };
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let runs: usize = std::env::var("JOULE_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let catalog = Catalog::builtin();
-    let settings = joule_app::Settings::from_env().unwrap_or_else(|e| panic!("{e}"));
-    let store = settings.model_store();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let bench = common::start();
+    let runs = common::count("JOULE_BENCH_RUNS", 3);
+    let threads = bench.threads;
     println!("local inference on cpu ({threads} threads), median of {runs} runs");
     println!(
         "{:<20} {:>8} {:>14} {:>14} {:>10}",
         "model", "load s", "pp128 tok/s", "tg128 tok/s", "ttft s"
     );
-    for model in catalog.models.iter().filter(|m| m.source.is_some()) {
-        if !args.is_empty() && !args.contains(&model.id) {
-            continue;
-        }
-        let path = match store.state(model) {
-            Ok(State::Present { path, .. }) => path,
-            _ => {
-                println!(
-                    "{:<20} not downloaded; run `joule models fetch {}`",
-                    model.id, model.id
-                );
-                continue;
-            }
-        };
+    for (id, path) in bench.models() {
         let mut loads = Vec::new();
         let mut loaded = None;
         for _ in 0..runs {
             let started = Instant::now();
             let m = LoadedModel::load(
-                &model.id,
+                &id,
                 &path,
                 &candle_core::Device::Cpu,
-                settings.load_options(),
+                bench.settings.load_options(),
             )
             .unwrap();
             loads.push(started.elapsed().as_secs_f64());
@@ -106,7 +80,7 @@ fn main() {
         }
         println!(
             "{:<20} {:>8.2} {:>14.1} {:>14.1} {:>10.3}",
-            model.id,
+            id,
             median(loads),
             median(prefill),
             median(decode),

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::App;
 use crate::drive::{self, Note, now};
-use crate::error::{invalid_json, refused};
+use crate::error::refused;
 
 /// OpenAI's finish reason for an answer: `tool_calls` when it made any.
 fn finish_of(g: &Generation, calls: &[ToolCall]) -> String {
@@ -36,17 +36,9 @@ pub(crate) async fn chat(
     State(app): State<Arc<App>>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let body = match drive::body(body) {
-        Ok(b) => b,
+    let (request, local) = match drive::read::<ChatRequest>(body, "chat request", to_local) {
+        Ok(read) => read,
         Err(response) => return response,
-    };
-    let request: ChatRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return invalid_json("chat request", &e),
-    };
-    let local = match to_local(&request) {
-        Ok(l) => l,
-        Err(refusal) => return refused(refusal),
     };
     // With tools offered, a piece of the answer may turn out to be the start of a call, so the
     // answer is read whole before anything is sent.

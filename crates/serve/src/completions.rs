@@ -18,24 +18,16 @@ use tokio::sync::mpsc;
 
 use crate::App;
 use crate::drive::{self, Note, now};
-use crate::error::{invalid_json, refused};
 
 pub(crate) async fn complete(
     State(app): State<Arc<App>>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let body = match drive::body(body) {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
-    let request: CompletionRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return invalid_json("completion request", &e),
-    };
-    let local = match completion_to_local(&request) {
-        Ok(l) => l,
-        Err(refusal) => return refused(refusal),
-    };
+    let (request, local) =
+        match drive::read::<CompletionRequest>(body, "completion request", completion_to_local) {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
     let id = format!("cmpl-{}", app.next_id.fetch_add(1, Ordering::Relaxed));
     let mut running = match drive::start(&app, request.model.clone(), local, request.stream).await {
         Ok(r) => r,

@@ -10,11 +10,11 @@ use axum::body::Bytes;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use joule_models::local::{Flow, Generation, LocalError, Request};
-use joule_models::openai::convert::finish_reason;
+use joule_models::openai::convert::{Refusal, finish_reason};
 use tokio::sync::mpsc;
 
 use crate::App;
-use crate::error::{error, internal, local_error};
+use crate::error::{error, internal, invalid_json, local_error, refused};
 
 /// What the generation thread tells the handler.
 pub(crate) enum Note {
@@ -45,6 +45,19 @@ pub(crate) fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A request read, parsed as `T` (`what` names it in the error) and turned into a local
+/// generation by `convert`; or the 4xx response that says what is wrong with it.
+pub(crate) fn read<T: serde::de::DeserializeOwned>(
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    what: &str,
+    convert: impl Fn(&T) -> Result<Request, Refusal>,
+) -> Result<(T, Request), Response> {
+    let raw = body(raw)?;
+    let request: T = serde_json::from_slice(&raw).map_err(|e| invalid_json(what, &e))?;
+    let local = convert(&request).map_err(refused)?;
+    Ok((request, local))
 }
 
 /// The body, or the response that says why it could not be read.
