@@ -2,13 +2,16 @@
 //! Schema, and under a tool-call grammar, alone and as four streams batched together (each
 //! with its own mask). The free stream decodes as many tokens as the constrained one did
 //! (end-of-sequence ignored), so both rows time the same number of decode steps. Greedy
-//! decoding gives every repeat the same answer; the rates are medians of three runs.
+//! decoding gives every repeat the same answer; the rates are medians of five runs. The
+//! mask's own cost per token is also timed alone (no model), which a shared 2-vCPU machine's
+//! noise does not blur: its share is that time over a free decode step's.
 //!
 //! `cargo bench -p joule-lab --bench constrained [-- MODEL...]`; models that are not
 //! downloaded are skipped with a note. `JOULE_BENCH_TOKENS` caps the answer (default 96).
 
 use std::sync::Arc;
 
+use joule_models::local::constrain::Constrainer;
 use joule_models::local::tools::{self, Choice, Function};
 use joule_models::local::{Flow, Generation, Grammar, LoadedModel, Message, Request};
 mod common;
@@ -56,7 +59,45 @@ fn together(model: &Arc<LoadedModel>, r: &Request, n: usize) -> (f64, Vec<Genera
 }
 
 /// Runs of each kind per row.
-const REPEATS: usize = 3;
+const REPEATS: usize = 5;
+
+/// Whether an answer is one whole JSON document (a tool call's inside its tags).
+fn parses(text: &str) -> bool {
+    let text = text.trim();
+    let body = text
+        .strip_prefix("<tool_call>")
+        .and_then(|t| t.strip_suffix("</tool_call>"))
+        .unwrap_or(text);
+    serde_json::from_str::<serde_json::Value>(body.trim()).is_ok()
+}
+
+/// Seconds the grammar's mask and advance take per token, alone: the tokens of the model's
+/// constrained answer (read back through `logprobs`) replayed through a fresh guide over a
+/// full-vocabulary row, as the engine does each step, with no model in the timing.
+fn mask_cost(model: &LoadedModel, grammar: &Grammar, cap: usize) -> f64 {
+    let answer = run(
+        model,
+        &Request {
+            logprobs: Some(0),
+            ..request(cap, Some(grammar.clone()), false)
+        },
+    );
+    let ids: Vec<u32> = answer.logprobs.iter().map(|t| t.id).collect();
+    let constrainer = Constrainer::new();
+    let vocab = model.tokenizer.token_bytes().unwrap().len();
+    let mut times = Vec::new();
+    for _ in 0..REPEATS {
+        let mut guide = constrainer.guide(&model.tokenizer, grammar).unwrap();
+        let mut row = vec![0f32; vocab];
+        let started = std::time::Instant::now();
+        for &id in &ids {
+            guide.mask(&mut row).unwrap();
+            guide.commit(id).unwrap();
+        }
+        times.push(started.elapsed().as_secs_f64() / ids.len().max(1) as f64);
+    }
+    median(&mut times)
+}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -99,13 +140,21 @@ fn main() {
         );
         println!("{id}:");
         println!(
-            "{:<12} {:>7} {:>8} {:>12} {:>10} {:>14} {:>10}",
-            "form", "streams", "tokens", "decode tok/s", "ms/token", "free tok/s", "cost"
+            "{:<12} {:>7} {:>7} {:>16} {:>10} {:>9} {:>14} {:>11}",
+            "form",
+            "streams",
+            "tokens",
+            "constrained t/s",
+            "free t/s",
+            "slower",
+            "mask us/token",
+            "mask share"
         );
         for (form, grammar) in [
             ("json_schema", Grammar::json_schema(&schema)),
             ("tool call", tool.clone()),
         ] {
+            let mask_s = mask_cost(&model, &grammar, cap);
             for n in [1usize, 4] {
                 // Constrained and free runs alternate, `REPEATS` of each; medians are shown.
                 let (mut constrained, mut free) = (Vec::new(), Vec::new());
@@ -120,21 +169,12 @@ fn main() {
                     free.push(together(&model, &request(tokens, None, true), n).0);
                 }
                 let (constrained, free) = (median(&mut constrained), median(&mut free));
-                let parsed = gens
-                    .iter()
-                    .filter(|g| {
-                        let text = g.text.trim();
-                        let body = text
-                            .strip_prefix("<tool_call>")
-                            .and_then(|t| t.strip_suffix("</tool_call>"))
-                            .unwrap_or(text);
-                        serde_json::from_str::<serde_json::Value>(body.trim()).is_ok()
-                    })
-                    .count();
+                let parsed = gens.iter().filter(|g| parses(&g.text)).count();
                 println!(
-                    "{form:<12} {n:>7} {tokens:>8} {constrained:>12.1} {:>10.2} {free:>14.1} {:>9.1}%   ({parsed}/{n} parse whole{})",
-                    1e3 / constrained * n as f64,
+                    "{form:<12} {n:>7} {tokens:>7} {constrained:>16.1} {free:>10.1} {:>8.1}% {:>14.0} {:>10.1}%   ({parsed}/{n} parse whole{})",
                     (free / constrained - 1.0) * 100.0,
+                    mask_s * 1e6,
+                    mask_s * free * 100.0,
                     if tokens >= cap {
                         ", cut at the cap"
                     } else {
