@@ -178,6 +178,7 @@ fn execute(
         store: (!out.no_store).then(|| store_path(&out.store, &assembly.settings)),
         trace: out.trace.clone(),
         calibrate: !out.no_calibrate,
+        run_id: None,
     };
     let mut display = Display::new(!out.json);
     let (plan, workspace) = (ready.plan.clone(), ready.workspace().to_path_buf());

@@ -30,6 +30,17 @@ pub struct Args {
     /// repeat it for more, or give `*` for any. API keys come from `JOULE_API_KEYS`.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
+    /// The run store the run API (`/v1/workflows`, `/v1/runs`) keeps workflows, the queue and
+    /// runs in; the default is the one `joule run` uses. The run API has no keys yet, so it is
+    /// served only on a loopback address.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Where submitted runs' tools work (their `path` arguments resolve inside it).
+    #[arg(long, default_value = ".")]
+    workspace: PathBuf,
+    /// Runs in progress at once; more wait in the queue.
+    #[arg(long, default_value_t = 8)]
+    max_runs: usize,
 }
 
 pub fn run(args: &Args, settings: &Settings) -> Outcome {
@@ -49,7 +60,28 @@ pub fn run(args: &Args, settings: &Settings) -> Outcome {
         api_keys: settings.serve_api_keys(),
         cors_origins: args.cors_origins.clone(),
     };
-    let router = joule_serve::router(backend.clone(), &access).map_err(AppError::invalid)?;
+    let mut router = joule_serve::router(backend.clone(), &access).map_err(AppError::invalid)?;
+    let service = if args.addr.ip().is_loopback() {
+        let assembly = joule_app::Assembly::new(
+            settings.clone(),
+            joule_app::Planning {
+                catalog: args.catalog.clone(),
+                ..joule_app::Planning::default()
+            },
+            Vec::new(),
+        )?;
+        assembly.share_local(vec![backend.clone()])?;
+        let service = joule_service::Service::new(
+            Arc::new(assembly),
+            super::store_path(&args.store, settings),
+            args.workspace.clone(),
+            args.max_runs,
+        )?;
+        router = router.merge(joule_service::router(service.clone()));
+        Some(service)
+    } else {
+        None
+    };
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
@@ -68,6 +100,16 @@ pub fn run(args: &Args, settings: &Settings) -> Outcome {
             }
         );
         let stop = cancel_on_ctrl_c("joule serve: stopping");
+        match service {
+            Some(service) => {
+                // stderr: tests and scripts read stdout's first line only, then close it.
+                eprintln!("joule serve: run API at http://{local}/v1/runs");
+                tokio::spawn(joule_service::worker::run(service, stop.clone()));
+            }
+            None => {
+                eprintln!("joule serve: no run API on a non-loopback address (it has no keys yet)")
+            }
+        }
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await

@@ -16,5 +16,6 @@ mod profile;
 mod run;
 mod serve;
 mod serve_tools;
+mod service;
 mod support;
 mod tune;

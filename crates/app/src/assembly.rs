@@ -33,6 +33,9 @@ pub struct Assembly {
     pub catalog: Arc<Catalog>,
     pub compile: CompileContext,
     pub profiles: Arc<Profiles>,
+    /// The local backends, made on first use and shared by every run assembled here: a
+    /// service's runs batch together on one engine per model instead of each loading its own.
+    local: std::sync::OnceLock<Vec<LocalBackend>>,
 }
 
 impl Assembly {
@@ -54,6 +57,7 @@ impl Assembly {
             settings,
             planning,
             endpoints,
+            local: std::sync::OnceLock::new(),
         })
     }
 
@@ -124,13 +128,25 @@ impl Assembly {
             .unwrap_or_else(devices::local_devices)
     }
 
-    /// A local backend for every device planned for; each keeps its models loaded between
-    /// runs.
+    /// A local backend for every device planned for, made once; each keeps its models loaded
+    /// between runs.
     pub fn local_backends(&self) -> Result<Vec<LocalBackend>, AppError> {
-        self.devices()
+        if let Some(made) = self.local.get() {
+            return Ok(made.clone());
+        }
+        let made = self
+            .devices()
             .iter()
             .map(|d| self.local_backend(d, u64::MAX))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.local.get_or_init(|| made).clone())
+    }
+
+    /// Runs assembled here use `backends` (a server's, so its API and its runs share engines).
+    pub fn share_local(&self, backends: Vec<LocalBackend>) -> Result<(), AppError> {
+        self.local
+            .set(backends)
+            .map_err(|_| AppError::failed("the local backends were made already"))
     }
 
     /// The local backend of one device, with a memory budget for resident models.

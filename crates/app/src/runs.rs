@@ -77,12 +77,36 @@ pub fn load(
             .map_err(|e| AppError::invalid(format!("--input: {e}")))?;
         given.insert(k.trim().to_string(), value);
     }
-    let inputs = runtime::inputs::resolve(&dag.workflow, given).map_err(AppError::Inputs)?;
     let workspace = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
+    spec_of(assembly, source, dag, given, &workspace)
+}
+
+/// A workflow given as text (a service's submission) and its inputs as JSON, checked like a
+/// file's; `workspace` is where its tools work.
+pub fn load_text(
+    assembly: &Assembly,
+    name: &str,
+    text: &str,
+    inputs: Map<String, Value>,
+    workspace: &Path,
+) -> Result<RunSpec, AppError> {
+    let source = SourceFile::new(name, text);
+    let dag = assembly.compile(&source)?;
+    spec_of(assembly, source, dag, inputs, workspace)
+}
+
+fn spec_of(
+    assembly: &Assembly,
+    source: SourceFile,
+    dag: Dag,
+    given: Map<String, Value>,
+    workspace: &Path,
+) -> Result<RunSpec, AppError> {
+    let inputs = runtime::inputs::resolve(&dag.workflow, given).map_err(AppError::Inputs)?;
     Ok(RunSpec {
         source,
         dag,
@@ -90,7 +114,7 @@ pub fn load(
         options: RunOptions {
             planning: assembly.planning.clone(),
             endpoints: assembly.endpoints.clone(),
-            workspace: std::fs::canonicalize(&workspace).unwrap_or(workspace),
+            workspace: std::fs::canonicalize(workspace).unwrap_or(workspace.to_path_buf()),
         },
     })
 }
@@ -178,6 +202,8 @@ pub struct Keep {
     pub trace: Option<PathBuf>,
     /// Fold the run's measured speeds into the machine's calibration profile.
     pub calibrate: bool,
+    /// The id the new run takes (a service's submission id); a fresh one when `None`.
+    pub run_id: Option<String>,
 }
 
 /// A run that ended (succeeded, failed or cancelled).
@@ -218,9 +244,10 @@ pub async fn execute(
             (id, prior)
         }
         None => {
-            let id = match &store {
-                Some(s) => s.new_run_id()?,
-                None => format!("mem-{}", std::process::id()),
+            let id = match (&keep.run_id, &store) {
+                (Some(id), _) => id.clone(),
+                (None, Some(s)) => s.new_run_id()?,
+                (None, None) => format!("mem-{}", std::process::id()),
             };
             if let Some(s) = &mut store {
                 s.create_run(&NewRun {

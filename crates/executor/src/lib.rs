@@ -9,6 +9,7 @@
 //! - [`runtime`]: the scheduler (retries, fallbacks, re-planning, `for_each`, `when`);
 //! - [`meter`]: energy per device (NVML, RAPL, or an estimate, each labelled);
 //! - [`store`], [`trace`], [`audit`]: the run store, the JSONL trace, the hash chain;
+//! - [`queue`]: the workflow service's registered workflows and submitted runs, in the store;
 //! - [`report`]: measured against predicted, per step and in total;
 //! - [`recorded`]: answers from a stored run, for replays;
 //! - [`calibrate`]: what runs teach the profiles;
@@ -18,6 +19,7 @@ pub mod audit;
 pub mod calibrate;
 pub mod devices;
 pub mod meter;
+pub mod queue;
 pub mod recorded;
 pub mod report;
 pub mod router;
