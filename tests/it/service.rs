@@ -115,6 +115,12 @@ fn workflows_are_versioned_bad_ones_refused_and_runs_submitted_once() {
         run["version"], v1["version"],
         "the run pins the version it started with"
     );
+    let (code, late) = curl("POST", &runs, Some(&body), &["Idempotency-Key: try-1"]);
+    assert_eq!(
+        (code, &late["id"], late["status"].as_str()),
+        (202, &first["id"], Some("succeeded")),
+        "a retry after the run ended says so"
+    );
 
     // Refused before anything is queued.
     for (body, status, code) in [

@@ -229,12 +229,16 @@ pub(crate) async fn submit(
     };
     match submitted {
         Ok((s, new)) => {
-            if new {
+            // A retry learns where the run it made already is.
+            let status = if new {
                 service.wake.notify_one();
-            }
+                json!("queued")
+            } else {
+                describe(&service, &s)["status"].clone()
+            };
             (
                 StatusCode::ACCEPTED,
-                Json(json!({"id": s.id, "status": "queued", "workflow": s.workflow, "version": s.version})),
+                Json(json!({"id": s.id, "status": status, "workflow": s.workflow, "version": s.version})),
             )
                 .into_response()
         }
