@@ -177,6 +177,18 @@ fn status(text: &str) -> Result<RunStatus, StoreError> {
     })
 }
 
+/// A fresh run id from SQLite's clock (`20261124-081512-3fa2`).
+fn run_id_on(conn: &Connection) -> Result<String, StoreError> {
+    let stamp: String =
+        conn.query_row("SELECT strftime('%Y%m%d-%H%M%S', 'now')", [], |r| r.get(0))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mix = (u64::from(nanos) ^ (u64::from(std::process::id()) << 20))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    Ok(format!("{stamp}-{:04x}", (mix >> 48) as u16))
+}
+
 fn idx(index: Option<usize>) -> i64 {
     index.map_or(-1, |i| i as i64)
 }
@@ -226,15 +238,7 @@ impl Store {
 
     /// A fresh run id: the UTC time and a random suffix (`20261124-081512-3fa2`).
     pub fn new_run_id(&self) -> Result<String, StoreError> {
-        let stamp: String =
-            self.conn
-                .query_row("SELECT strftime('%Y%m%d-%H%M%S', 'now')", [], |r| r.get(0))?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let mix = (u64::from(nanos) ^ (u64::from(std::process::id()) << 20))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Ok(format!("{stamp}-{:04x}", (mix >> 48) as u16))
+        run_id_on(&self.conn)
     }
 
     pub fn create_run(&mut self, run: &NewRun) -> Result<(), StoreError> {
@@ -484,6 +488,27 @@ impl Store {
         rows.map(|b| parse("event", &b?)).collect()
     }
 
+    /// A run's events after the one numbered `after` (0: from the first), with their numbers:
+    /// the numbers only grow, so a follower that saw number N resumes with `after = N`.
+    pub fn events_after(
+        &self,
+        id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, serde_json::Value)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, body FROM events WHERE run_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![id, after, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        rows.map(|row| {
+            let (n, body) = row?;
+            Ok((n, parse("event", &body)?))
+        })
+        .collect()
+    }
+
     /// A run's events as the audit chain sees them, and the chain's head.
     pub fn audit(&self, id: &str) -> Result<(Vec<crate::audit::Row>, Option<String>), StoreError> {
         let head: Option<String> = self
@@ -535,7 +560,9 @@ impl Store {
 
     fn begin(&mut self) -> Result<(), rusqlite::Error> {
         if !self.in_tx {
-            self.conn.execute_batch("BEGIN")?;
+            // IMMEDIATE: the write lock is taken (waiting out `busy_timeout`) at the start, so a
+            // transaction that reads first cannot fail to upgrade while other runs write.
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.in_tx = true;
         }
         Ok(())
