@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use joule_call::Backend;
 use joule_executor::recorded::Recorded;
 use joule_executor::report::Report;
 use joule_executor::router::Router;
@@ -136,9 +137,20 @@ pub struct Ready {
     problem: Problem,
     router: Router,
     resume: Option<(String, Prior)>,
+    layer: Option<Layer>,
 }
 
+/// Wraps the backend a run's calls go through: a service puts its tenant's budget guard in
+/// front of every call this way, without the executor knowing tenants exist.
+pub type Layer = Box<dyn FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend> + Send>;
+
 impl Ready {
+    /// Sends every call of the run through `layer` first.
+    pub fn layer(mut self, layer: Layer) -> Self {
+        self.layer = Some(layer);
+        self
+    }
+
     pub fn is_resume(&self) -> bool {
         self.resume.is_some()
     }
@@ -190,6 +202,7 @@ pub fn prepare(
         problem,
         router,
         resume,
+        layer: None,
     })
 }
 
@@ -233,6 +246,7 @@ pub async fn execute(
         problem,
         router,
         resume,
+        layer,
         ..
     } = ready;
     let mut store = keep.store.as_deref().map(Store::open).transpose()?;
@@ -280,8 +294,12 @@ pub async fn execute(
         inputs: spec.inputs,
         prior,
     };
+    let mut backend: Arc<dyn Backend> = Arc::new(router);
+    if let Some(layer) = layer {
+        backend = layer(backend);
+    }
     let mut executor = Executor::new(
-        Arc::new(router),
+        backend,
         assembly.catalog.clone(),
         assembly.profiles.clone(),
         local_concurrency(assembly),
@@ -290,13 +308,16 @@ pub async fn execute(
         executor = executor.with_cache(Arc::new(s.cache()?));
     }
     let outcome = {
-        let mut sinks: Vec<&mut dyn Sink> = vec![display];
+        // The display last: when it is told an event, the event is already kept (a service
+        // wakes the run's followers then, and they read it from the store).
+        let mut sinks: Vec<&mut dyn Sink> = Vec::new();
         if let Some(s) = &mut store {
             sinks.push(s);
         }
         if let Some(t) = &mut trace {
             sinks.push(t);
         }
+        sinks.push(display);
         executor
             .run(job, &mut sinks, cancel)
             .await
@@ -432,6 +453,51 @@ pub fn resumable(settings: Settings, store: &Path, id: &str) -> Result<Resumable
         finished_steps,
         total_steps,
     })
+}
+
+/// A stored run to continue in `assembly`'s world rather than one rebuilt from its stored
+/// options: a service resumes its runs on the engines its other runs share. `None` when the
+/// run had already succeeded.
+pub fn resumable_in(
+    assembly: &Assembly,
+    store: &Path,
+    id: &str,
+) -> Result<Option<Ready>, AppError> {
+    let store = Store::open(store)?;
+    let run = store.run(id)?;
+    if run.status == RunStatus::Succeeded {
+        return Ok(None);
+    }
+    let prior = store.prior(&run.id)?;
+    drop(store);
+    let source = SourceFile::new(run.file.clone(), run.source.clone());
+    let dag = assembly.compile(&source)?;
+    let Value::Object(inputs) = run.inputs.clone() else {
+        return Err(AppError::failed(format!(
+            "run {} has unreadable inputs",
+            run.id
+        )));
+    };
+    if run.plan.steps.len() != dag.workflow.steps.len() {
+        return Err(AppError::failed(format!(
+            "run {}: the stored plan does not match the workflow's steps",
+            run.id
+        )));
+    }
+    let options: RunOptions = serde_json::from_value(run.options.clone())
+        .map_err(|e| AppError::failed(format!("run {} has unreadable options: {e}", run.id)))?;
+    let spec = RunSpec {
+        source,
+        dag,
+        inputs,
+        options,
+    };
+    let resume = Resume {
+        run_id: run.id,
+        prior,
+        plan: run.plan,
+    };
+    prepare(assembly, spec, Some(resume)).map(Some)
 }
 
 /// A replay's verdict.

@@ -15,6 +15,7 @@
 //! | `JOULE_WEIGHTS` | `copy` (weights in huge pages) or `mapped` (the file mapped) | `copy` |
 //! | `JOULE_BATCH` | requests a CPU model steps together (1 to 64) | 8 |
 //! | `JOULE_API_KEYS` | keys `joule serve` accepts (`Authorization: Bearer KEY`), comma-separated | none: open |
+//! | `JOULE_API_KEY` | the key `joule submit` and `joule runs --server` send to a run API (`joule keys create`) | none |
 //!
 //! API keys are read from the variable each catalog endpoint names (`api_key_env`), through
 //! [`Settings::var`], and never written anywhere.
@@ -192,6 +193,11 @@ impl Settings {
     /// How local models are loaded.
     pub fn load_options(&self) -> LoadOptions {
         self.load
+    }
+
+    /// The key joule's run API client sends; kept out of the command line like the keys.
+    pub fn run_api_key(&self) -> Option<String> {
+        self.var("JOULE_API_KEY").filter(|k| !k.trim().is_empty())
     }
 
     /// The keys `joule serve` accepts; empty when it is open. Kept out of the command line,
