@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    audit, bench, devices, eval, generate, graph, models, plan, profile, replay, run, runs, schema,
-    serve, tune, validate,
+    audit, bench, devices, eval, generate, graph, keys, models, plan, profile, replay, run, runs,
+    schema, serve, submit, tune, validate,
 };
 
 /// Plans and runs multi-step AI agent workflows under latency, energy and cost budgets.
@@ -58,6 +58,10 @@ enum Command {
     Devices(devices::Args),
     /// Compare joule's plans with the static and greedy baselines on a benchmark suite.
     Bench(bench::Args),
+    /// Make API keys for the run API's tenants.
+    Keys(keys::Args),
+    /// Submit a workflow run to a `joule serve` (and follow it with `--follow` or `--wait`).
+    Submit(submit::Args),
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default: warnings, and joule's own info lines).
@@ -108,6 +112,8 @@ fn main() -> ExitCode {
         Command::Tune(args) => tune::run(&args, settings),
         Command::Audit(args) => audit::run(&args, &settings),
         Command::Bench(args) => bench::run(&args, settings),
+        Command::Keys(args) => keys::run(&args, &settings),
+        Command::Submit(args) => submit::run(&args, &settings),
     };
     match result {
         Ok(code) => code,

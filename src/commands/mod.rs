@@ -7,6 +7,7 @@ pub mod devices;
 pub mod eval;
 pub mod generate;
 pub mod graph;
+pub mod keys;
 pub mod models;
 pub mod plan;
 pub mod profile;
@@ -15,6 +16,8 @@ pub mod run;
 pub mod runs;
 pub mod schema;
 pub mod serve;
+pub mod server;
+pub mod submit;
 pub mod tune;
 pub mod validate;
 
@@ -128,7 +131,23 @@ pub fn cancel_on_ctrl_c(note: &'static str) -> Cancel {
     let cancel = Cancel::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        // SIGTERM too: it is how a service manager or a container runtime stops a process.
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        let stopped = tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok(),
+            _ = terminate => true,
+        };
+        if stopped {
             eprintln!("\n{note}");
             on_signal.cancel();
         }

@@ -1,5 +1,6 @@
-//! `joule serve`: the local models behind an OpenAI-compatible HTTP API (the server itself is
-//! the `joule-serve` library; this binds it to an address until Ctrl-C).
+//! `joule serve`: the local models behind an OpenAI-compatible HTTP API (the `joule-serve`
+//! library) and the run API beside it (the `joule-service` library), bound to an address
+//! until SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,17 +31,28 @@ pub struct Args {
     /// repeat it for more, or give `*` for any. API keys come from `JOULE_API_KEYS`.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
-    /// The run store the run API (`/v1/workflows`, `/v1/runs`) keeps workflows, the queue and
-    /// runs in; the default is the one `joule run` uses. The run API has no keys yet, so it is
-    /// served only on a loopback address.
+    /// The run store the run API (`/v1/workflows`, `/v1/runs`) keeps workflows, the queue,
+    /// runs, API keys and tenants' spend in; the default is the one `joule run` uses.
     #[arg(long)]
     store: Option<PathBuf>,
     /// Where submitted runs' tools work (their `path` arguments resolve inside it).
     #[arg(long, default_value = ".")]
     workspace: PathBuf,
-    /// Runs in progress at once; more wait in the queue.
+    /// Runs in progress at once, across tenants; more wait in the queue.
     #[arg(long, default_value_t = 8)]
     max_runs: usize,
+    /// The tenants file: each tenant's policy, share, queue and daily budgets (see the
+    /// README's "Tenants"). Without it every key's tenant gets the defaults.
+    #[arg(long)]
+    tenants: Option<PathBuf>,
+    /// Serve the run API without keys, every request as tenant `default`; only on a loopback
+    /// address. Without it a request needs `Authorization: Bearer KEY` (`joule keys create`).
+    #[arg(long)]
+    no_auth: bool,
+    /// Seconds a stopping server (SIGTERM, Ctrl-C) lets runs in progress go on before it stops
+    /// them; stopped and queued runs go on at the next start.
+    #[arg(long, default_value_t = 30.0)]
+    drain_s: f64,
 }
 
 pub fn run(args: &Args, settings: &Settings) -> Outcome {
@@ -61,27 +73,46 @@ pub fn run(args: &Args, settings: &Settings) -> Outcome {
         cors_origins: args.cors_origins.clone(),
     };
     let mut router = joule_serve::router(backend.clone(), &access).map_err(AppError::invalid)?;
-    let service = if args.addr.ip().is_loopback() {
-        let assembly = joule_app::Assembly::new(
-            settings.clone(),
-            joule_app::Planning {
-                catalog: args.catalog.clone(),
-                ..joule_app::Planning::default()
-            },
-            Vec::new(),
-        )?;
-        assembly.share_local(vec![backend.clone()])?;
-        let service = joule_service::Service::new(
-            Arc::new(assembly),
-            super::store_path(&args.store, settings),
-            args.workspace.clone(),
-            args.max_runs,
-        )?;
-        router = router.merge(joule_service::router(service.clone()));
-        Some(service)
-    } else {
-        None
+    if args.no_auth && !args.addr.ip().is_loopback() {
+        return Err(AppError::invalid(format!(
+            "--no-auth serves the run API to anyone who can reach {}; it is allowed only on a \
+             loopback address (127.0.0.1 or ::1). Give keys instead: `joule keys create --tenant NAME`",
+            args.addr
+        )));
+    }
+    if !(args.drain_s.is_finite() && args.drain_s >= 0.0) {
+        return Err(AppError::invalid("--drain-s must be 0 or more seconds"));
+    }
+    let tenants = match &args.tenants {
+        Some(path) => joule_service::tenants::Tenants::load(path)
+            .map_err(|e| AppError::invalid(format!("--tenants {e}")))?,
+        None => joule_service::tenants::Tenants::open(),
     };
+    let assembly = joule_app::Assembly::new(
+        settings.clone(),
+        joule_app::Planning {
+            catalog: args.catalog.clone(),
+            ..joule_app::Planning::default()
+        },
+        Vec::new(),
+    )?;
+    assembly.share_local(vec![backend.clone()])?;
+    let service = joule_service::Service::new(
+        Arc::new(assembly),
+        joule_service::Config {
+            store: super::store_path(&args.store, settings),
+            workspace: args.workspace.clone(),
+            max_runs: args.max_runs,
+            auth: if args.no_auth {
+                joule_service::Auth::None
+            } else {
+                joule_service::Auth::Keys
+            },
+            tenants,
+            drain: std::time::Duration::from_secs_f64(args.drain_s),
+        },
+    )?;
+    router = router.merge(joule_service::router(service.clone()));
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
@@ -99,21 +130,24 @@ pub fn run(args: &Args, settings: &Settings) -> Outcome {
                 ", API key required"
             }
         );
-        let stop = cancel_on_ctrl_c("joule serve: stopping");
-        match service {
-            Some(service) => {
-                // stderr: tests and scripts read stdout's first line only, then close it.
-                eprintln!("joule serve: run API at http://{local}/v1/runs");
-                tokio::spawn(joule_service::worker::run(service, stop.clone()));
+        let stop =
+            cancel_on_ctrl_c("joule serve: stopping (runs in progress get --drain-s to finish)");
+        // stderr: tests and scripts read stdout's first line only, then close it.
+        eprintln!(
+            "joule serve: run API at http://{local}/v1/runs ({})",
+            if args.no_auth {
+                "no keys: tenant `default`"
+            } else {
+                "keys required"
             }
-            None => {
-                eprintln!("joule serve: no run API on a non-loopback address (it has no keys yet)")
-            }
-        }
+        );
+        let worker = tokio::spawn(joule_service::worker::run(service, stop.clone()));
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .map_err(|e| AppError::failed(e.to_string()))?;
+        // The worker drains: runs end or stop cleanly, so nothing is lost for the next start.
+        let _ = worker.await;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -17,5 +17,6 @@ mod run;
 mod serve;
 mod serve_tools;
 mod service;
+mod service_tenants;
 mod support;
 mod tune;

@@ -11,7 +11,7 @@ use crate::support::{ensure_smol, joule, server_with};
 use serde_json::{Value, json};
 
 /// `curl` with a method, a body and headers; the status and the JSON answer.
-fn curl(method: &str, url: &str, body: Option<&str>, headers: &[&str]) -> (u16, Value) {
+pub(crate) fn curl(method: &str, url: &str, body: Option<&str>, headers: &[&str]) -> (u16, Value) {
     let mut c = Command::new("curl");
     c.args(["-sS", "-X", method, "-w", "\n%{http_code}", url]);
     if let Some(b) = body {
@@ -40,15 +40,16 @@ fn service(dir: &Path) -> crate::support::Server {
             dir.to_str().unwrap(),
             "--max-runs",
             "1",
+            "--no-auth",
         ],
     )
 }
 
 /// Polls a run until it ends (the API's own way of being followed until events stream).
-fn wait_done(base: &str, id: &str, within: Duration) -> Value {
+pub(crate) fn wait_done(base: &str, id: &str, within: Duration, headers: &[&str]) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let (code, run) = curl("GET", &format!("{base}/v1/runs/{id}"), None, &[]);
+        let (code, run) = curl("GET", &format!("{base}/v1/runs/{id}"), None, headers);
         assert_eq!(code, 200, "{run}");
         if ["succeeded", "failed", "cancelled"].contains(&run["status"].as_str().unwrap_or("")) {
             return run;
@@ -108,7 +109,7 @@ fn workflows_are_versioned_bad_ones_refused_and_runs_submitted_once() {
     let (code, retry) = curl("POST", &runs, Some(&body), &["Idempotency-Key: try-1"]);
     assert_eq!((code, &retry["id"]), (202, &first["id"]));
     let id = first["id"].as_str().unwrap();
-    let run = wait_done(base, id, Duration::from_secs(60));
+    let run = wait_done(base, id, Duration::from_secs(60), &[]);
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["outputs"]["greeting"], "hello data team");
     assert_eq!(
@@ -176,7 +177,7 @@ fn accepted_runs_survive_a_kill_and_each_runs_once() {
 
     let server = service(dir.path());
     for id in &ids {
-        let run = wait_done(&server.base, id, Duration::from_secs(600));
+        let run = wait_done(&server.base, id, Duration::from_secs(600), &[]);
         assert_eq!(run["status"], "succeeded", "{run}");
         assert!(!run["outputs"]["answer"].as_str().unwrap().is_empty());
     }
