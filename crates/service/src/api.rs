@@ -211,6 +211,19 @@ pub(crate) fn caller(service: &Service, headers: &HeaderMap) -> Result<Caller, R
     }
 }
 
+/// Every handler's first question, as an extractor: a handler that takes a [`Caller`] cannot
+/// forget to ask it.
+impl axum::extract::FromRequestParts<Arc<Service>> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Response> {
+        caller(service, &parts.headers)
+    }
+}
+
 fn text(body: &Bytes) -> Result<&str, Response> {
     std::str::from_utf8(body).map_err(|_| {
         refuse(
@@ -232,14 +245,10 @@ fn workflow_not_found(name: &str) -> Response {
 /// `PUT /v1/workflows/{name}`: the body is the workflow's YAML.
 pub(crate) async fn put_workflow(
     State(service): State<Arc<Service>>,
+    who: Caller,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let who = match caller(&service, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let yaml = match text(&body) {
         Ok(t) => t,
         Err(r) => return r,
@@ -281,13 +290,9 @@ pub(crate) async fn put_workflow(
 /// `GET /v1/workflows/{name}`: the latest version, with its text.
 pub(crate) async fn get_workflow(
     State(service): State<Arc<Service>>,
+    who: Caller,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let who = match caller(&service, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     match service.queue().workflow(&who.tenant, &name) {
         Ok(Some(v)) => Json(WorkflowVersion {
             name: v.name,
@@ -305,13 +310,10 @@ pub(crate) async fn get_workflow(
 /// the run the first submission made.
 pub(crate) async fn submit(
     State(service): State<Arc<Service>>,
+    who: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let who = match caller(&service, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     if service.stopping.is_cancelled() {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -455,13 +457,9 @@ pub(crate) fn own(service: &Service, who: &Caller, id: &str) -> Result<Submissio
 /// `GET /v1/runs/{id}`: where the run is, and once it has run, its results.
 pub(crate) async fn get_run(
     State(service): State<Arc<Service>>,
+    who: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let who = match caller(&service, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     match own(&service, &who, &id) {
         Ok(s) => Json(describe(&service, &s)).into_response(),
         Err(r) => r,
@@ -472,13 +470,9 @@ pub(crate) async fn get_run(
 /// model calls give up, freeing the device) and keeps what it finished.
 pub(crate) async fn cancel(
     State(service): State<Arc<Service>>,
+    who: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let who = match caller(&service, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let s = match own(&service, &who, &id) {
         Ok(s) => s,
         Err(r) => return r,
@@ -516,13 +510,9 @@ pub(crate) async fn cancel(
 /// `GET /v1/runs`: the caller's runs, newest first, by workflow and status, a page at a time.
 pub(crate) async fn list(
     State(service): State<Arc<Service>>,
-    headers: HeaderMap,
+    who: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let who = match caller(&service, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let Query(q) = match query {
         Ok(q) => q,
         Err(e) => {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Service;
-use crate::api::{caller, own, refuse, store_failed};
+use crate::api::{Caller, own, refuse, store_failed};
 
 /// How long a follower waits for a wake-up before it looks anyway (a resumed run's events, a
 /// flush it was not woken for).
@@ -26,13 +26,10 @@ const LOOK_AGAIN: Duration = Duration::from_millis(500);
 
 pub(crate) async fn follow(
     State(service): State<Arc<Service>>,
+    who: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match caller(&service, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     if let Err(r) = own(&service, &who, &id) {
         return r;
     }
