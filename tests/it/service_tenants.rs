@@ -1,5 +1,6 @@
 //! The run API's tenants, driven by `curl` and joule's own client against a real server on
-//! loopback: keys name tenants and a tenant sees only its own; a full queue answers 429 with
+//! loopback: keys name tenants and a tenant sees only its own, under its own policy; a full
+//! queue answers 429 with
 //! `Retry-After`; one tenant's backlog does not hold back another's run; cancel stops a
 //! running run at once and frees its slot; the event stream resumes from `Last-Event-ID`;
 //! SIGTERM drains and the next start finishes what was left; concurrent runs never spend past
@@ -373,6 +374,41 @@ fn a_full_queue_is_429_backlogs_share_fairly_and_cancel_frees_the_slot() {
 }
 
 #[test]
+fn a_tenants_own_policy_narrows_what_its_workflows_may_touch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (key(dir.path(), "a"), key(dir.path(), "b"));
+    std::fs::write(
+        dir.path().join("a-policy.yaml"),
+        "providers: [local]\ntools: [grep]\n",
+    )
+    .unwrap();
+    let server = start(
+        dir.path(),
+        "tenants:\n  a: { policy: a-policy.yaml }\n  b: {}\n",
+        &[],
+    );
+    let body = json!({"yaml": CALC, "inputs": {"n": 2}});
+    let (code, r) = call(&server, &a, "POST", "/v1/runs", Some(&body));
+    assert_eq!(
+        (code, r["error"]["code"].as_str()),
+        (422, Some("invalid_workflow")),
+        "{r}"
+    );
+    let errors = r["error"]["errors"].to_string();
+    assert!(
+        errors.contains("forbidden by the operator policy") && errors.contains("\"line\""),
+        "{errors}"
+    );
+    // The same workflow is b's to run: the server's policy allows it.
+    let id = submit(&server, &b, CALC, json!({"n": 2}));
+    let auth = format!("Authorization: Bearer {b}");
+    let run = wait_done(&server.base, &id, Duration::from_secs(60), &[&auth]);
+    assert_eq!(run["outputs"]["total"], "6", "{run}");
+}
+
+const CALC: &str = "name: sums\npolicy: { providers: [local], tools: [calc] }\ninputs:\n  n: { type: integer }\nsteps:\n  one:\n    tool: calc\n    args: { expression: \"{{ inputs.n }} + 1\" }\n  two:\n    tool: calc\n    args: { expression: \"{{ steps.one.output | trim }} * 2\" }\noutputs:\n  total: \"{{ steps.two.output | trim }}\"\n";
+
+#[test]
 fn sigterm_drains_and_the_next_start_finishes_what_was_left() {
     let dir = tempfile::tempdir().unwrap();
     let a = key(dir.path(), "a");
@@ -404,7 +440,7 @@ fn sigterm_drains_and_the_next_start_finishes_what_was_left() {
 fn concurrent_runs_never_spend_past_a_tight_daily_budget() {
     let dir = tempfile::tempdir().unwrap();
     let a = key(dir.path(), "a");
-    let calc = "name: sums\npolicy: { providers: [local], tools: [calc] }\ninputs:\n  n: { type: integer }\nsteps:\n  one:\n    tool: calc\n    args: { expression: \"{{ inputs.n }} + 1\" }\n  two:\n    tool: calc\n    args: { expression: \"{{ steps.one.output | trim }} * 2\" }\noutputs:\n  total: \"{{ steps.two.output | trim }}\"\n";
+    let calc = CALC;
     // What one run is predicted to spend, from the server's own plan of it.
     let probe = start(dir.path(), "tenants:\n  a: {}\n", &[]);
     let id = submit(&probe, &a, calc, json!({"n": 0}));

@@ -558,6 +558,22 @@ impl Store {
         Ok(())
     }
 
+    /// Ends a run that is still marked running without its own end (its process died after
+    /// it was cancelled); `false` when it had ended or was never created.
+    pub fn end_if_running(
+        &mut self,
+        id: &str,
+        status: RunStatus,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE runs SET status = ?2, error = ?3,
+             ended_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+             WHERE id = ?1 AND status = 'running'",
+            params![id, status.as_str(), error],
+        )? == 1)
+    }
+
     fn begin(&mut self) -> Result<(), rusqlite::Error> {
         if !self.in_tx {
             // IMMEDIATE: the write lock is taken (waiting out `busy_timeout`) at the start, so a

@@ -112,8 +112,8 @@ async fn pump(
     }
 }
 
-/// A submission that ended without a run (refused when planned, cancelled while queued) has
-/// no events to wait for.
+/// A submission that ended without a `run_ended` event (refused when planned, cancelled while
+/// queued, or cancelled and then cut off by a dying server) has nothing more to wait for.
 fn never_runs(service: &Service, id: &str) -> bool {
     let state = service
         .queue()
@@ -123,12 +123,7 @@ fn never_runs(service: &Service, id: &str) -> bool {
         .map(|s| s.state);
     match state {
         Some(QueueState::Refused) => true,
-        Some(QueueState::Cancelled) => {
-            !service.running().contains_key(id)
-                && Store::open(&service.config.store)
-                    .and_then(|s| s.run(id))
-                    .is_err()
-        }
+        Some(QueueState::Cancelled) => !service.running().contains_key(id),
         _ => false,
     }
 }

@@ -205,6 +205,19 @@ fn finish(service: &Service, s: &Submission, began: Instant) {
 /// What a killed server left: started submissions whose run never began go back to the
 /// queue; runs that had not ended resume (in the worker's slots, like new ones).
 fn recover(service: &Arc<Service>) {
+    // Cancelled by their users, then the server died before they stopped: they end here.
+    let cancelled = service
+        .queue()
+        .in_state(State::Cancelled)
+        .unwrap_or_default();
+    if let Ok(mut store) = Store::open(&service.config.store) {
+        for id in cancelled {
+            let why = "cancelled; the server stopped before the run did";
+            if let Err(e) = store.end_if_running(&id, RunStatus::Cancelled, why) {
+                tracing::error!(run = %id, error = %e, "ending a cancelled run");
+            }
+        }
+    }
     let started = service.queue().in_state(State::Started).unwrap_or_default();
     for id in started {
         let run = Store::open(&service.config.store).and_then(|s| s.run(&id));
