@@ -1,10 +1,9 @@
 //! The run API's tenants, driven by `curl` and joule's own client against a real server on
 //! loopback: keys name tenants and a tenant sees only its own, under its own policy; a full
-//! queue answers 429 with
-//! `Retry-After`; one tenant's backlog does not hold back another's run; cancel stops a
-//! running run at once and frees its slot; the event stream resumes from `Last-Event-ID`;
-//! SIGTERM drains and the next start finishes what was left; concurrent runs never spend past
-//! a tight daily budget.
+//! queue answers 429 with `Retry-After`; one tenant's backlog does not hold back another's
+//! run; cancel stops a running run at once and frees its slot; the event stream resumes from
+//! `Last-Event-ID`; SIGTERM drains and the next start finishes what was left; concurrent runs
+//! never spend past a tight daily budget.
 //!
 //! Runs are held in progress by a `gate` tool (a real sandboxed process that waits until the
 //! test creates a file), so each test decides when a run ends without models or sleeps.
