@@ -358,13 +358,32 @@ pub fn reload(
     settings: Settings,
     run: &joule_executor::store::StoredRun,
 ) -> Result<Reloaded, AppError> {
-    let options: RunOptions = serde_json::from_value(run.options.clone())
-        .map_err(|e| AppError::failed(format!("run {} has unreadable options: {e}", run.id)))?;
+    let options = stored_options(run)?;
     let assembly = Assembly::new(
         settings,
         options.planning.clone(),
         options.endpoints.clone(),
     )?;
+    let spec = stored_spec(&assembly, run, options)?;
+    Ok(Reloaded {
+        assembly,
+        spec,
+        plan: run.plan.clone(),
+    })
+}
+
+fn stored_options(run: &joule_executor::store::StoredRun) -> Result<RunOptions, AppError> {
+    serde_json::from_value(run.options.clone())
+        .map_err(|e| AppError::failed(format!("run {} has unreadable options: {e}", run.id)))
+}
+
+/// A stored run's workflow compiled in `assembly`'s world, with its inputs, checked against
+/// the plan it started with.
+fn stored_spec(
+    assembly: &Assembly,
+    run: &joule_executor::store::StoredRun,
+    options: RunOptions,
+) -> Result<RunSpec, AppError> {
     let source = SourceFile::new(run.file.clone(), run.source.clone());
     let dag = assembly.compile(&source)?;
     let Value::Object(inputs) = run.inputs.clone() else {
@@ -379,15 +398,11 @@ pub fn reload(
             run.id
         )));
     }
-    Ok(Reloaded {
-        assembly,
-        spec: RunSpec {
-            source,
-            dag,
-            inputs,
-            options,
-        },
-        plan: run.plan.clone(),
+    Ok(RunSpec {
+        source,
+        dag,
+        inputs,
+        options,
     })
 }
 
@@ -470,28 +485,7 @@ pub fn resumable_in(
     }
     let prior = store.prior(&run.id)?;
     drop(store);
-    let source = SourceFile::new(run.file.clone(), run.source.clone());
-    let dag = assembly.compile(&source)?;
-    let Value::Object(inputs) = run.inputs.clone() else {
-        return Err(AppError::failed(format!(
-            "run {} has unreadable inputs",
-            run.id
-        )));
-    };
-    if run.plan.steps.len() != dag.workflow.steps.len() {
-        return Err(AppError::failed(format!(
-            "run {}: the stored plan does not match the workflow's steps",
-            run.id
-        )));
-    }
-    let options: RunOptions = serde_json::from_value(run.options.clone())
-        .map_err(|e| AppError::failed(format!("run {} has unreadable options: {e}", run.id)))?;
-    let spec = RunSpec {
-        source,
-        dag,
-        inputs,
-        options,
-    };
+    let spec = stored_spec(assembly, &run, stored_options(&run)?)?;
     let resume = Resume {
         run_id: run.id,
         prior,
