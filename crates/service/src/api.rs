@@ -481,6 +481,8 @@ pub(crate) async fn cancel(
     let taken = service.queue().take(&id, QueueState::Cancelled);
     match taken {
         Ok(true) => {
+            // A worker that read this head just before it was taken looks again.
+            service.wake.notify_one();
             service.events.notify_waiters();
             let s = service.queue().submission(&id).ok().flatten().unwrap_or(s);
             return Json(describe(&service, &s)).into_response();
